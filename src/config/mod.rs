@@ -1,0 +1,599 @@
+//! Configuration: `gateway.yaml` (static: listener, providers, model catalog, limits) and
+//! `rules.yaml` (live: routing rules, hot-reloaded through arc-swap by `server`).
+//!
+//! Every list item and map entry is deserialized on its own, so one run reports every error,
+//! each with its YAML path and line.
+
+mod lines;
+
+use indexmap::IndexMap;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_yaml::Value;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() {
+            "."
+        } else {
+            &self.path
+        };
+        match self.line {
+            Some(line) => write!(
+                f,
+                "{}:{}: {}: {}",
+                self.file.display(),
+                line,
+                path,
+                self.message
+            ),
+            None => write!(f, "{}: {}: {}", self.file.display(), path, self.message),
+        }
+    }
+}
+
+/// Collects errors for one file, locating each path on a line of its text.
+pub struct Report<'a> {
+    file: &'a Path,
+    text: &'a str,
+    pub errors: Vec<ConfigError>,
+}
+
+impl<'a> Report<'a> {
+    pub fn new(file: &'a Path, text: &'a str) -> Self {
+        Report {
+            file,
+            text,
+            errors: Vec::new(),
+        }
+    }
+
+    pub fn error(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_path_buf(),
+            path: path.to_string(),
+            line: lines::line_of(self.text, path),
+            message: message.into(),
+        });
+    }
+
+    /// Parses the whole text as YAML; a syntax error is reported with its own line.
+    pub fn parse_yaml(&mut self) -> Option<Value> {
+        match serde_yaml::from_str::<Value>(self.text) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.errors.push(ConfigError {
+                    file: self.file.to_path_buf(),
+                    path: String::new(),
+                    line: e.location().map(|l| l.line()),
+                    message: format!("invalid YAML: {e}"),
+                });
+                None
+            }
+        }
+    }
+
+    /// Deserializes `value` (found at `base`) into `T`, reporting a failure at its exact path.
+    pub fn de<T: DeserializeOwned>(&mut self, base: &str, value: &Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let path = join(base, &e.path().to_string());
+                let inner = e.into_inner().to_string();
+                let message = inner
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or(&inner)
+                    .to_string();
+                self.error(&path, message);
+                None
+            }
+        }
+    }
+}
+
+fn join(base: &str, rest: &str) -> String {
+    match (base.is_empty(), rest.is_empty() || rest == ".") {
+        (_, true) => base.to_string(),
+        (true, false) => rest.to_string(),
+        (false, false) if rest.starts_with('[') => format!("{base}{rest}"),
+        (false, false) => format!("{base}.{rest}"),
+    }
+}
+
+/// Reads a file, turning an I/O failure into a config error.
+pub fn read(path: &Path) -> Result<String, Vec<ConfigError>> {
+    std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            file: path.to_path_buf(),
+            path: String::new(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        }]
+    })
+}
+
+// ---------- gateway.yaml ----------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI or any OpenAI-compatible server (vLLM, Ollama, Groq, Together, OpenRouter, ...).
+    Openai,
+    /// Azure OpenAI: deployment paths, `api-version`, `api-key` header.
+    Azure,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    /// `env:VAR` (read at start), or a literal key.
+    pub key: String,
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSpec {
+    #[serde(default)]
+    pub connect_ms: Option<u64>,
+    #[serde(default)]
+    pub read_ms: Option<u64>,
+    #[serde(default)]
+    pub write_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    pub kind: ProviderKind,
+    pub base_url: String,
+    #[serde(default)]
+    pub keys: Vec<KeySpec>,
+    /// Azure only.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Azure only: model name to deployment name; the model name is used when absent.
+    #[serde(default)]
+    pub deployments: IndexMap<String, String>,
+    #[serde(default)]
+    pub timeouts: Option<TimeoutSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// `provider/model`.
+    pub id: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Top {
+    listen: String,
+    #[serde(default = "default_rules")]
+    rules: String,
+    #[serde(default)]
+    limits: Option<LimitsSpec>,
+    #[serde(default)]
+    timeouts: Option<TimeoutSpec>,
+    #[serde(default)]
+    shutdown_grace_secs: Option<u64>,
+    #[serde(default)]
+    simulator: Option<SimulatorSpec>,
+    #[serde(default)]
+    access_log: Option<String>,
+    #[serde(default)]
+    threads: Option<usize>,
+    providers: IndexMap<String, Value>,
+    models: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSpec {
+    max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorSpec {
+    pub listen: String,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn default_rules() -> String {
+    "rules.yaml".to_string()
+}
+
+pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// The longest wait for any upstream read: time to first byte, and stream idle.
+    pub read: Duration,
+    pub write: Duration,
+}
+
+impl Timeouts {
+    fn merged(&self, spec: Option<&TimeoutSpec>) -> Timeouts {
+        let ms = Duration::from_millis;
+        match spec {
+            None => *self,
+            Some(s) => Timeouts {
+                connect: s.connect_ms.map_or(self.connect, ms),
+                read: s.read_ms.map_or(self.read, ms),
+                write: s.write_ms.map_or(self.write, ms),
+            },
+        }
+    }
+}
+
+const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(5),
+    read: Duration::from_secs(120),
+    write: Duration::from_secs(30),
+};
+
+/// A provider as configured: the raw spec plus its resolved timeouts.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub spec: ProviderSpec,
+    pub timeouts: Timeouts,
+}
+
+/// The validated `gateway.yaml`.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub rules_path: PathBuf,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub simulator: Option<SocketAddr>,
+    /// `None` writes access-log lines to stdout.
+    pub access_log: Option<PathBuf>,
+    /// Worker threads for the proxy; the number of cores when absent.
+    pub threads: Option<usize>,
+    pub providers: Vec<ProviderConfig>,
+    pub models: Vec<ModelSpec>,
+}
+
+impl GatewayConfig {
+    pub fn load(path: &Path) -> Result<GatewayConfig, Vec<ConfigError>> {
+        let text = read(path)?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<GatewayConfig, Vec<ConfigError>> {
+        let mut r = Report::new(path, text);
+        let Some(root) = r.parse_yaml() else {
+            return Err(r.errors);
+        };
+        let Some(top) = r.de::<Top>("", &root) else {
+            return Err(r.errors);
+        };
+
+        let listen = parse_addr(&mut r, "listen", &top.listen);
+        let simulator = top
+            .simulator
+            .as_ref()
+            .and_then(|s| parse_addr(&mut r, "simulator.listen", &s.listen));
+        let max_body_bytes = match top.limits.as_ref().map(|l| l.max_body_bytes) {
+            None => DEFAULT_MAX_BODY,
+            Some(0) => {
+                r.error("limits.max_body_bytes", "must be greater than 0");
+                DEFAULT_MAX_BODY
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let timeouts = DEFAULT_TIMEOUTS.merged(top.timeouts.as_ref());
+
+        let mut providers = Vec::new();
+        for (name, value) in &top.providers {
+            let base = format!("providers.{name}");
+            if name.is_empty() || name.contains('/') {
+                r.error(
+                    &base,
+                    "a provider name must be non-empty and contain no '/'",
+                );
+            }
+            let Some(spec) = r.de::<ProviderSpec>(&base, value) else {
+                continue;
+            };
+            validate_provider(&mut r, &base, &spec);
+            let timeouts = timeouts.merged(spec.timeouts.as_ref());
+            providers.push(ProviderConfig {
+                name: name.clone(),
+                spec,
+                timeouts,
+            });
+        }
+
+        let mut models: Vec<ModelSpec> = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, value) in top.models.iter().enumerate() {
+            let base = format!("models[{i}]");
+            let Some(model) = r.de::<ModelSpec>(&base, value) else {
+                continue;
+            };
+            match model.id.split_once('/') {
+                Some((p, m)) if !m.is_empty() => {
+                    if !top.providers.contains_key(p) {
+                        r.error(&format!("{base}.id"), format!("unknown provider `{p}`"));
+                    }
+                }
+                _ => r.error(&format!("{base}.id"), "a model id must be `provider/model`"),
+            }
+            if !names.insert(model.id.clone()) {
+                r.error(
+                    &format!("{base}.id"),
+                    format!("`{}` is defined twice", model.id),
+                );
+            }
+            for (j, alias) in model.aliases.iter().enumerate() {
+                if alias.is_empty() || !names.insert(alias.clone()) {
+                    r.error(
+                        &format!("{base}.aliases[{j}]"),
+                        format!("alias `{alias}` is empty or already used"),
+                    );
+                }
+            }
+            models.push(model);
+        }
+
+        if !r.errors.is_empty() {
+            return Err(r.errors);
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Ok(GatewayConfig {
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            rules_path: dir.join(&top.rules),
+            max_body_bytes,
+            shutdown_grace: Duration::from_secs(top.shutdown_grace_secs.unwrap_or(10)),
+            simulator,
+            access_log: top.access_log.map(|p| dir.join(p)),
+            threads: top.threads,
+            providers,
+            models,
+        })
+    }
+}
+
+fn parse_addr(r: &mut Report, path: &str, s: &str) -> Option<SocketAddr> {
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            r.error(path, format!("`{s}` is not an address like 127.0.0.1:8080"));
+            None
+        }
+    }
+}
+
+fn validate_provider(r: &mut Report, base: &str, spec: &ProviderSpec) {
+    if let Err(e) = crate::providers::BaseUrl::parse(&spec.base_url) {
+        r.error(&format!("{base}.base_url"), e);
+    }
+    if spec.keys.len() > 64 {
+        r.error(&format!("{base}.keys"), "at most 64 keys per provider");
+    }
+    for (i, key) in spec.keys.iter().enumerate() {
+        if !(key.weight.is_finite() && key.weight > 0.0) {
+            r.error(
+                &format!("{base}.keys[{i}].weight"),
+                "a weight must be a positive number",
+            );
+        }
+        if key.key.trim().is_empty() || key.key == "env:" {
+            r.error(
+                &format!("{base}.keys[{i}].key"),
+                "a key must be `env:VAR` or a literal key",
+            );
+        }
+    }
+    match spec.kind {
+        ProviderKind::Azure if spec.api_version.is_none() => {
+            r.error(
+                &format!("{base}.api_version"),
+                "an azure provider needs `api_version`",
+            );
+        }
+        ProviderKind::Openai if spec.api_version.is_some() || !spec.deployments.is_empty() => {
+            r.error(
+                base,
+                "`api_version` and `deployments` apply to azure providers only",
+            );
+        }
+        _ => {}
+    }
+}
+
+// ---------- rules.yaml ----------
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesTop {
+    #[serde(default)]
+    rules: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// The model name a client asks for: an alias, a catalog id, or a new name.
+    pub model: String,
+    pub targets: Vec<TargetSpec>,
+    /// Tried in order when the weighted targets are unavailable or fail to connect.
+    #[serde(default)]
+    pub fallback: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// A catalog id, `provider/model`.
+    pub to: String,
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+/// Parses `rules.yaml`; checks against the catalog happen in `routing::Router::build`.
+pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<RuleSpec>, Vec<ConfigError>> {
+    let mut r = Report::new(path, text);
+    let Some(root) = r.parse_yaml() else {
+        return Err(r.errors);
+    };
+    if root.is_null() {
+        return Ok(Vec::new());
+    }
+    let Some(top) = r.de::<RulesTop>("", &root) else {
+        return Err(r.errors);
+    };
+    let mut rules = Vec::new();
+    for (i, value) in top.rules.iter().enumerate() {
+        if let Some(rule) = r.de::<RuleSpec>(&format!("rules[{i}]"), value) {
+            rules.push(rule);
+        }
+    }
+    if r.errors.is_empty() {
+        Ok(rules)
+    } else {
+        Err(r.errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+listen: 127.0.0.1:8080
+providers:
+  openai:
+    kind: openai
+    base_url: https://api.openai.com/v1
+    keys:
+      - key: env:OPENAI_API_KEY
+models:
+  - id: openai/gpt-4o-mini
+    aliases: [gpt-4o-mini]
+";
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        GatewayConfig::parse(Path::new("conf/gateway.yaml"), text).unwrap_err()
+    }
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = GatewayConfig::parse(Path::new("conf/gateway.yaml"), GOOD).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.max_body_bytes, DEFAULT_MAX_BODY);
+        assert_eq!(c.rules_path, Path::new("conf/rules.yaml"));
+        assert_eq!(c.providers[0].timeouts, DEFAULT_TIMEOUTS);
+        assert_eq!(c.models[0].aliases, vec!["gpt-4o-mini".to_string()]);
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let text = GOOD.replace("    kind: openai\n", "    kind: openai\n    colour: blue\n");
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].path, "providers.openai.colour");
+        assert_eq!(e[0].line, Some(5));
+        assert!(
+            e[0].message.contains("unknown field `colour`"),
+            "{}",
+            e[0].message
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let text = GOOD.replace(
+            "      - key: env:OPENAI_API_KEY\n",
+            "      - key: env:OPENAI_API_KEY\n        weight: heavy\n",
+        );
+        let e = errors(&text);
+        assert_eq!(e[0].path, "providers.openai.keys[0].weight");
+        assert_eq!(e[0].line, Some(8));
+        assert!(e[0].message.contains("invalid type"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let text = "\
+listen: nowhere
+providers:
+  a:
+    kind: openai
+    base_url: ftp://x
+  b:
+    kind: martian
+    base_url: http://x
+models:
+  - id: c/m
+  - id: a/m
+    aliases: [m, m]
+";
+        let e = errors(text);
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listen",
+                "providers.a.base_url",
+                "providers.b.kind",
+                "models[0].id",
+                "models[1].aliases[1]"
+            ],
+            "{e:?}"
+        );
+        let lines: Vec<Option<usize>> = e.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(1), Some(5), Some(7), Some(10), Some(12)]);
+    }
+
+    #[test]
+    fn yaml_syntax_error_has_a_line() {
+        let e = errors("listen: [\nproviders: {}\n");
+        assert_eq!(e.len(), 1);
+        assert!(e[0].line.is_some());
+    }
+
+    #[test]
+    fn rules_parse_and_report() {
+        let ok = parse_rules(
+            Path::new("r.yaml"),
+            "rules:\n  - model: m\n    targets:\n      - to: a/m\n",
+        )
+        .unwrap();
+        assert_eq!(ok[0].targets[0].weight, 1.0);
+        let e = parse_rules(
+            Path::new("r.yaml"),
+            "rules:\n  - model: m\n    targets:\n      - to: a/m\n        weight: x\n",
+        )
+        .unwrap_err();
+        assert_eq!(e[0].path, "rules[0].targets[0].weight");
+        assert_eq!(e[0].line, Some(5));
+        assert!(parse_rules(Path::new("r.yaml"), "").unwrap().is_empty());
+    }
+}

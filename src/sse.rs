@@ -1,0 +1,186 @@
+//! Server-sent events passing through the gateway: complete events are forwarded as soon as they
+//! arrive, usage is read from them, and the usage-only chunk the gateway asked for is dropped when
+//! the client did not ask for it.
+
+use crate::telemetry::Usage;
+use bytes::{Bytes, BytesMut};
+use memchr::memmem;
+use serde_json::Value;
+
+#[derive(Debug, Default)]
+pub struct SseFilter {
+    /// An incomplete event carried over from the previous chunk.
+    partial: BytesMut,
+    strip_usage_chunk: bool,
+    pub usage: Option<Usage>,
+    pub done: bool,
+    /// An `error` object arrived inside the stream.
+    pub error: bool,
+}
+
+/// The end of the first event in `buf`: the index just past its blank line.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b'\n', &buf[from..]) {
+        let at = from + i + 1;
+        match buf.get(at) {
+            Some(b'\n') => return Some(at + 1),
+            Some(b'\r') if buf.get(at + 1) == Some(&b'\n') => return Some(at + 2),
+            _ => from = at,
+        }
+    }
+    None
+}
+
+impl SseFilter {
+    pub fn new(strip_usage_chunk: bool) -> Self {
+        SseFilter {
+            strip_usage_chunk,
+            ..Default::default()
+        }
+    }
+
+    /// Takes the next chunk from upstream and returns what to send on now.
+    pub fn push(&mut self, chunk: Bytes) -> Bytes {
+        let whole = if self.partial.is_empty() {
+            chunk
+        } else {
+            self.partial.extend_from_slice(&chunk);
+            self.partial.split().freeze()
+        };
+        let mut keep: Option<BytesMut> = None; // built only once something is dropped
+        let mut start = 0;
+        while let Some(len) = event_end(&whole[start..]) {
+            let event = &whole[start..start + len];
+            if self.inspect(event) {
+                keep.get_or_insert_with(|| BytesMut::from(&whole[..start]));
+            } else if let Some(k) = keep.as_mut() {
+                k.extend_from_slice(event);
+            }
+            start += len;
+        }
+        self.partial.extend_from_slice(&whole[start..]);
+        match keep {
+            Some(k) => k.freeze(),
+            None => whole.slice(..start),
+        }
+    }
+
+    /// Whatever is left when the stream ends.
+    pub fn finish(&mut self) -> Bytes {
+        let rest = self.partial.split().freeze();
+        if !rest.is_empty() && self.inspect(&rest) {
+            return Bytes::new();
+        }
+        rest
+    }
+
+    /// Reads one event; returns whether to drop it.
+    fn inspect(&mut self, event: &[u8]) -> bool {
+        let mut data = Vec::new();
+        for line in event.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(rest) = line.strip_prefix(b"data:") {
+                if !data.is_empty() {
+                    data.push(b'\n');
+                }
+                data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+            }
+        }
+        if data.trim_ascii() == b"[DONE]" {
+            self.done = true;
+            return false;
+        }
+        let has = |needle: &str| memmem::find(&data, needle.as_bytes()).is_some();
+        if !has("\"usage\"") && !has("\"error\"") {
+            return false;
+        }
+        let Ok(v) = serde_json::from_slice::<Value>(&data) else {
+            return false;
+        };
+        if v.get("error").is_some_and(|e| !e.is_null()) {
+            self.error = true;
+        }
+        match v.get("usage").and_then(Usage::from_openai) {
+            Some(u) => {
+                self.usage = Some(u);
+                let usage_only = v
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .is_some_and(|c| c.is_empty());
+                self.strip_usage_chunk && usage_only
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const USAGE: &str = "data: {\"id\":\"x\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3,\"prompt_tokens_details\":{\"cached_tokens\":2}}}\n\n";
+    const CHUNK: &str = "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n";
+    const DONE: &str = "data: [DONE]\n\n";
+
+    fn run(filter: &mut SseFilter, pieces: &[&[u8]]) -> String {
+        let mut out = Vec::new();
+        for p in pieces {
+            out.extend_from_slice(&filter.push(Bytes::copy_from_slice(p)));
+        }
+        out.extend_from_slice(&filter.finish());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn whole_events_pass_through_and_usage_is_read() {
+        let mut f = SseFilter::new(false);
+        let all = format!("{CHUNK}{USAGE}{DONE}");
+        assert_eq!(run(&mut f, &[all.as_bytes()]), all);
+        assert_eq!(
+            f.usage,
+            Some(Usage {
+                prompt_tokens: 9,
+                completion_tokens: 3,
+                cached_tokens: 2
+            })
+        );
+        assert!(f.done);
+    }
+
+    #[test]
+    fn usage_chunk_is_dropped_when_the_client_did_not_ask() {
+        let mut f = SseFilter::new(true);
+        let all = format!("{CHUNK}{USAGE}{DONE}");
+        assert_eq!(run(&mut f, &[all.as_bytes()]), format!("{CHUNK}{DONE}"));
+        assert_eq!(f.usage.unwrap().prompt_tokens, 9);
+    }
+
+    #[test]
+    fn events_split_across_chunks_at_every_byte() {
+        let all = format!("{CHUNK}{CHUNK}{USAGE}{DONE}");
+        let bytes = all.as_bytes();
+        for cut in 1..bytes.len() {
+            let mut f = SseFilter::new(true);
+            let out = run(&mut f, &[&bytes[..cut], &bytes[cut..]]);
+            assert_eq!(out, format!("{CHUNK}{CHUNK}{DONE}"), "cut at {cut}");
+            assert_eq!(f.usage.unwrap().completion_tokens, 3);
+        }
+    }
+
+    #[test]
+    fn crlf_framing_and_errors() {
+        let mut f = SseFilter::new(true);
+        let text = "data: {\"error\":{\"message\":\"boom\"}}\r\n\r\n";
+        assert_eq!(run(&mut f, &[text.as_bytes()]), text);
+        assert!(f.error && !f.done);
+    }
+
+    #[test]
+    fn complete_chunks_are_not_copied() {
+        let mut f = SseFilter::new(true);
+        let chunk = Bytes::from_static(CHUNK.as_bytes());
+        let out = f.push(chunk.clone());
+        assert_eq!(out.as_ptr(), chunk.as_ptr());
+    }
+}

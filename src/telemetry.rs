@@ -1,0 +1,163 @@
+//! What each request used and how it went: token usage read from bodies and streams, and the
+//! JSON access log, written by a background thread so the request path never does I/O.
+
+use serde::Serialize;
+use serde_json::Value;
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+}
+
+impl Usage {
+    /// Reads an OpenAI `usage` object.
+    pub fn from_openai(usage: &Value) -> Option<Usage> {
+        let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
+        usage.is_object().then(|| Usage {
+            prompt_tokens: n(usage.get("prompt_tokens")),
+            completion_tokens: n(usage.get("completion_tokens")),
+            cached_tokens: n(usage.pointer("/prompt_tokens_details/cached_tokens")),
+        })
+    }
+}
+
+/// One access-log line.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Record {
+    pub ts_ms: u128,
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    pub model: Option<String>,
+    pub provider: Option<String>,
+    pub upstream_model: Option<String>,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub ttfb_ms: Option<f64>,
+    pub stream: bool,
+    pub attempts: u32,
+    #[serde(flatten)]
+    pub usage: Usage,
+    /// Whether usage was read from the response; `false` means the counts are unknown.
+    pub usage_seen: bool,
+    pub error: Option<String>,
+}
+
+enum Msg {
+    Line(Box<Record>),
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// The access log. Lines are queued and written by one thread; `flush` waits for the queue.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl AccessLog {
+    /// Starts the writer. `None` writes to stdout.
+    pub fn start(path: Option<&Path>) -> std::io::Result<(AccessLog, JoinHandle<()>)> {
+        let mut out: Box<dyn Write + Send> = match path {
+            Some(p) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            ),
+            None => Box::new(std::io::stdout()),
+        };
+        let (tx, rx) = mpsc::channel::<Msg>();
+        let handle = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut buf = Vec::with_capacity(64 * 1024);
+                while let Ok(msg) = rx.recv() {
+                    let mut acks = Vec::new();
+                    // Drain whatever is queued, then write it in one go.
+                    for msg in std::iter::once(msg).chain(rx.try_iter()) {
+                        match msg {
+                            Msg::Line(record) => {
+                                if serde_json::to_writer(&mut buf, &record).is_ok() {
+                                    buf.push(b'\n');
+                                }
+                            }
+                            Msg::Flush(ack) => acks.push(ack),
+                        }
+                    }
+                    if let Err(e) = out.write_all(&buf).and_then(|_| out.flush()) {
+                        log::error!("access log write failed: {e}");
+                    }
+                    buf.clear();
+                    for ack in acks {
+                        let _ = ack.send(());
+                    }
+                }
+            })?;
+        Ok((AccessLog { tx }, handle))
+    }
+
+    pub fn write(&self, record: Record) {
+        let _ = self.tx.send(Msg::Line(Box::new(record)));
+    }
+
+    /// Blocks until every line queued before this call is written.
+    pub fn flush(&self) {
+        let (ack, done) = mpsc::sync_channel(1);
+        if self.tx.send(Msg::Flush(ack)).is_ok() {
+            let _ = done.recv();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_from_openai_shape() {
+        let v: Value = serde_json::from_str(
+            r#"{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":4}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            Usage::from_openai(&v),
+            Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 5,
+                cached_tokens: 4
+            })
+        );
+        assert_eq!(Usage::from_openai(&Value::Null), None);
+    }
+
+    #[test]
+    fn access_log_writes_every_line_before_flush_returns() {
+        let dir = std::env::temp_dir().join(format!("tollgate-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let _ = std::fs::remove_file(&path);
+        let (log, _thread) = AccessLog::start(Some(&path)).unwrap();
+        for i in 0..1000 {
+            log.write(Record {
+                request_id: format!("r{i}"),
+                status: 200,
+                ..Default::default()
+            });
+        }
+        log.flush();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1000);
+        assert_eq!(lines[999]["request_id"], "r999");
+        assert_eq!(lines[0]["prompt_tokens"], 0);
+    }
+}
