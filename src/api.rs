@@ -176,11 +176,16 @@ impl ClientRequest {
                 "Embeddings cannot be streamed.",
             ));
         }
-        let wants_usage = body
+        let include_usage = body
             .get("stream_options")
-            .and_then(|o| o.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+            .and_then(|o| o.get("include_usage"));
+        if include_usage.is_some_and(|v| !v.is_null() && !v.is_boolean()) {
+            return Err(ApiError::bad_request(
+                "invalid_type",
+                "`stream_options.include_usage` must be a boolean.",
+            ));
+        }
+        let wants_usage = include_usage.and_then(Value::as_bool).unwrap_or(false);
         let model = body
             .get("model")
             .and_then(Value::as_str)
@@ -286,6 +291,11 @@ mod tests {
             .code,
             "invalid_type"
         );
+        let e = err(
+            Endpoint::Chat,
+            r#"{"model":"m","messages":[{"role":"user"}],"stream_options":{"include_usage":"yes"}}"#,
+        );
+        assert_eq!(e.code, "invalid_type");
     }
 
     #[test]

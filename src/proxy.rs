@@ -26,11 +26,12 @@ use bytes::{Bytes, BytesMut};
 use http::{header, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
+use pingora::protocols::http::HttpTask;
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The configuration a request sees from start to end; swapped whole on reload.
@@ -85,6 +86,8 @@ const CLIENT_ONLY: [&str; 5] = [
     "cookie",
     "proxy-authorization",
 ];
+/// How long an idle client connection is kept open.
+const KEEPALIVE_SECS: u64 = 60;
 /// Largest non-stream response body read for usage accounting; larger ones pass unread.
 const ACCOUNTING_LIMIT: usize = 16 * 1024 * 1024;
 
@@ -97,6 +100,9 @@ struct Outcome {
     ttfb: Option<Duration>,
     usage: Option<Usage>,
     error: Option<String>,
+    /// The JSON error that replaces a non-JSON upstream error, for when the upstream sent no
+    /// body at all (then `response_body_filter` never runs and the client request adds it).
+    error_body: Option<Bytes>,
 }
 
 /// How the response body is handled.
@@ -123,6 +129,7 @@ pub struct Exchange {
     body_model: String,
     started: Instant,
     response_started: bool,
+    reuse_retried: bool,
     mode: ResponseBody,
     outcome: Arc<Mutex<Outcome>>,
 }
@@ -161,8 +168,8 @@ impl Exchange {
         self.pos + 1 < self.plan.len()
     }
 
-    fn outcome(&self) -> std::sync::MutexGuard<'_, Outcome> {
-        self.outcome.lock().unwrap_or_else(|e| e.into_inner())
+    fn outcome(&self) -> MutexGuard<'_, Outcome> {
+        lock(&self.outcome)
     }
 }
 
@@ -177,6 +184,58 @@ pub struct Ctx {
     /// Set in the subrequest only.
     exchange: Option<Box<Exchange>>,
     in_flight: Option<InFlight>,
+    /// Whether the access-log line was written; a request dropped before `logging` (at
+    /// shutdown) writes its line when its `Ctx` drops.
+    logged: bool,
+    log: Option<AccessLog>,
+    method: String,
+    path: String,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        if let (false, Some(log)) = (self.logged, self.log.take()) {
+            let mut r = record_base(self);
+            r.error = Some("interrupted".into());
+            log.write(r);
+        }
+    }
+}
+
+fn record_base(ctx: &Ctx) -> Record {
+    let mut r = Record {
+        ts_ms: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis()),
+        request_id: ctx.request_id.clone(),
+        method: ctx.method.clone(),
+        path: ctx.path.clone(),
+        model: ctx.model.clone(),
+        latency_ms: ctx
+            .started
+            .map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0),
+        stream: ctx.stream,
+        error: ctx.error.clone(),
+        ..Default::default()
+    };
+    if let Some(o) = &ctx.outcome {
+        let o = lock(o);
+        r.provider = o.provider.clone();
+        r.upstream_model = o.upstream_model.clone();
+        r.attempts = o.attempts;
+        r.ttfb_ms = o.ttfb.map(|t| t.as_secs_f64() * 1000.0);
+        r.usage = o.usage.unwrap_or_default();
+        r.usage_seen = o.usage.is_some();
+        if r.error.is_none() {
+            r.error = o.error.clone();
+        }
+    }
+    r
+}
+
+/// The outcome lock is per request and never held across an await; a poisoned one is still usable.
+fn lock(outcome: &Mutex<Outcome>) -> MutexGuard<'_, Outcome> {
+    outcome.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn internal(msg: &'static str) -> Box<Error> {
@@ -321,16 +380,23 @@ impl Gateway {
             body_model: String::new(),
             started: ctx.started.unwrap_or_else(Instant::now),
             response_started: false,
+            reuse_retried: false,
             mode: ResponseBody::Pass,
             outcome,
         };
-        self.exchange(session, exchange).await?;
+        let outcome = exchange.outcome.clone();
+        self.exchange(session, exchange, &outcome).await?;
         Ok(Ok(()))
     }
 
     /// Runs the upstream exchange as a subrequest and streams its response to the client. If the
     /// client goes away, the subrequest is dropped, which closes the upstream connection.
-    async fn exchange(&self, session: &mut Session, exchange: Exchange) -> Result<()> {
+    async fn exchange(
+        &self,
+        session: &mut Session,
+        exchange: Exchange,
+        outcome: &Mutex<Outcome>,
+    ) -> Result<()> {
         let spawner = session
             .subrequest_spawner
             .as_ref()
@@ -357,7 +423,24 @@ impl Gateway {
                 }
             };
             let Some(task) = task else { break };
-            if session.write_response_tasks(vec![task]).await? {
+            let tasks = match task {
+                HttpTask::Header(mut h, true) => {
+                    let body = lock(outcome).error_body.take();
+                    match body {
+                        Some(body) => {
+                            h.insert_header(header::CONTENT_LENGTH, body.len())?;
+                            vec![HttpTask::Header(h, false), HttpTask::Body(Some(body), true)]
+                        }
+                        None => vec![HttpTask::Header(h, true)],
+                    }
+                }
+                HttpTask::Done => match lock(outcome).error_body.take() {
+                    Some(body) => vec![HttpTask::Body(Some(body), true)],
+                    None => vec![HttpTask::Done],
+                },
+                task => vec![task],
+            };
+            if session.write_response_tasks(tasks).await? {
                 finished = true;
                 break;
             }
@@ -365,50 +448,48 @@ impl Gateway {
         if running {
             run.await;
         }
-        if !finished {
-            // The exchange ended mid-response: close rather than let the response look complete.
-            session.set_keepalive(None);
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(502),
-                "the upstream response ended early",
-            ));
+        if finished {
+            return Ok(());
         }
-        Ok(())
+        // The exchange broke off mid-response. A stream ends with an error event; anything else
+        // is closed so that it cannot look complete.
+        let code = lock(outcome)
+            .error
+            .get_or_insert_with(|| "upstream_ended_early".into())
+            .clone();
+        let is_sse = session.response_written().is_some_and(|r| {
+            r.headers
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+        });
+        if is_sse {
+            let e = ApiError::upstream(
+                502,
+                "upstream_stream_error",
+                format!("The upstream stream broke off ({code})."),
+            );
+            let mut event = BytesMut::from(&b"data: "[..]);
+            event.extend_from_slice(&e.body());
+            event.extend_from_slice(b"\n\n");
+            session
+                .write_response_body(Some(event.freeze()), true)
+                .await?;
+            return Ok(());
+        }
+        session.set_keepalive(None);
+        Err(Error::explain(
+            ErrorType::HTTPStatus(502),
+            "the upstream response ended early",
+        ))
     }
 
-    fn record(&self, session: &Session, e: Option<&Error>, ctx: &Ctx) {
-        let header = session.req_header();
-        let mut r = Record {
-            ts_ms: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis()),
-            request_id: ctx.request_id.clone(),
-            method: header.method.to_string(),
-            path: header.uri.path().to_string(),
-            model: ctx.model.clone(),
-            status: session.response_written().map_or(0, |r| r.status.as_u16()),
-            latency_ms: ctx
-                .started
-                .map_or(0.0, |s| s.elapsed().as_secs_f64() * 1000.0),
-            stream: ctx.stream,
-            error: ctx
-                .error
-                .clone()
-                .or_else(|| e.map(|e| e.etype().as_str().to_string())),
-            ..Default::default()
-        };
-        if let Some(o) = &ctx.outcome {
-            let o = o.lock().unwrap_or_else(|e| e.into_inner());
-            r.provider = o.provider.clone();
-            r.upstream_model = o.upstream_model.clone();
-            r.attempts = o.attempts;
-            r.ttfb_ms = o.ttfb.map(|t| t.as_secs_f64() * 1000.0);
-            r.usage = o.usage.unwrap_or_default();
-            r.usage_seen = o.usage.is_some();
-            if r.error.is_none() {
-                r.error = o.error.clone();
-            }
+    fn record(&self, session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let mut r = record_base(ctx);
+        r.status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if r.error.is_none() {
+            r.error = e.map(|e| e.etype().as_str().to_string());
         }
+        ctx.logged = true;
         self.log.write(r);
     }
 }
@@ -436,8 +517,36 @@ async fn read_body(
         session.set_keepalive(None);
         return Ok(Err(too_large()));
     }
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session.downstream_session.write_continue_response().await?;
+    }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(16 * 1024));
-    while let Some(chunk) = session.read_request_body().await? {
+    loop {
+        let chunk = match session.read_request_body().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(e) => {
+                session.set_keepalive(None);
+                return match e.etype() {
+                    ErrorType::ReadTimedout => Ok(Err(ApiError::new(
+                        408,
+                        "invalid_request_error",
+                        "request_timeout",
+                        "The request body did not arrive in time.",
+                    ))),
+                    ErrorType::ConnectionClosed | ErrorType::ReadError => Err(e),
+                    _ => Ok(Err(ApiError::bad_request(
+                        "invalid_body",
+                        format!("The request body could not be read: {}", e.etype().as_str()),
+                    ))),
+                };
+            }
+        };
         if body.len() + chunk.len() > limit {
             session.set_keepalive(None);
             return Ok(Err(too_large()));
@@ -484,12 +593,17 @@ impl ProxyHttp for Gateway {
             let exchange = taken
                 .downcast::<Exchange>()
                 .map_err(|_| internal("subrequest without an exchange"))?;
+            ctx.request_id = exchange.request_id.clone();
             ctx.exchange = Some(exchange);
             return Ok(false);
         }
         ctx.started = Some(Instant::now());
         ctx.in_flight = Some(self.drain.enter());
+        ctx.log = Some(self.log.clone());
         ctx.request_id = request_id(session);
+        ctx.method = session.req_header().method.to_string();
+        ctx.path = session.req_header().uri.path().to_string();
+        session.set_keepalive(Some(KEEPALIVE_SECS));
         if let Err(e) = self.serve(session, ctx).await? {
             respond_error(session, ctx, e).await?;
         }
@@ -516,7 +630,7 @@ impl ProxyHttp for Gateway {
         };
         let (target, p) = ex.target().ok_or_else(|| internal("no target"))?;
         {
-            let mut o = ex.outcome.lock().unwrap_or_else(|e| e.into_inner());
+            let mut o = lock(&ex.outcome);
             o.provider = Some(p.name.clone());
             o.upstream_model = Some(target.model.clone());
         }
@@ -572,6 +686,8 @@ impl ProxyHttp for Gateway {
             req.remove_header(&name);
         }
         req.remove_header(&header::TRANSFER_ENCODING);
+        // The gateway already has the whole body; the upstream need not confirm first.
+        req.remove_header(&header::EXPECT);
         if let Some(k) = ex.key.and_then(|k| p.keys.get(k)) {
             req.insert_header(p.auth_header(), k.header.clone())?;
         }
@@ -632,8 +748,10 @@ impl ProxyHttp for Gateway {
         if ex.response_started {
             // Bytes may have reached the client: never retry.
             e.set_retry(false);
-        } else if client_reused && matches!(e.retry, RetryType::ReusedOnly) {
-            // A pooled connection that the upstream had closed: the request never arrived.
+        } else if client_reused && matches!(e.retry, RetryType::ReusedOnly) && !ex.reuse_retried {
+            // Most likely a pooled connection that the upstream had closed, so the request never
+            // arrived: try the same target once more on a fresh connection.
+            ex.reuse_retried = true;
             ex.tried_keys = 0;
             e.set_retry(true);
         } else {
@@ -660,8 +778,17 @@ impl ProxyHttp for Gateway {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
+        if status >= 400 {
+            ex.outcome().error = Some("upstream_error".into());
+        }
         ex.mode = if status >= 400 && !content_type.contains("json") {
             resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+            let e = ApiError::upstream(
+                status,
+                "upstream_error",
+                format!("The upstream answered {status} with an empty non-JSON body."),
+            );
+            ex.outcome().error_body = Some(e.body());
             ResponseBody::Rewrite(BytesMut::new(), status)
         } else if content_type.starts_with("text/event-stream") {
             ResponseBody::Sse(SseFilter::new(!ex.request.wants_usage))
@@ -727,6 +854,9 @@ impl ProxyHttp for Gateway {
                 }
                 *body = Some(out);
                 usage = filter.usage;
+                if filter.error {
+                    ex.outcome().error = Some("upstream_stream_error".into());
+                }
             }
             ResponseBody::Rewrite(buf, status) => {
                 if let Some(b) = body.as_ref() {
@@ -744,7 +874,7 @@ impl ProxyHttp for Gateway {
                         "upstream_error",
                         format!("The upstream answered {status} with a non-JSON body: {snippet}"),
                     );
-                    ex.outcome().error = Some(e.code.to_string());
+                    ex.outcome().error_body = None;
                     e.body()
                 } else {
                     Bytes::new()

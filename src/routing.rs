@@ -272,7 +272,7 @@ models:
 
     #[test]
     fn aliases_and_ids_route_directly() {
-        let r = router("").unwrap();
+        let r = router("rules: []\n").unwrap();
         let sim = r.lookup("sim/small").unwrap();
         assert_eq!(sim.plan(0.5), vec![0]);
         assert_eq!(sim.targets[0].model, "small");

@@ -178,6 +178,9 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> Result<(), String>
             .join("\n")
     })?;
     let gw = live.gateway.clone();
+    let addr = listen.unwrap_or(gw.listen);
+    // Pingora retries a busy port for a while and then fails inside a service thread; check first.
+    std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     for p in live.providers.iter() {
         if let Some(why) = &p.unavailable {
             log::warn!("provider `{}` is unavailable: {why}", p.name);
@@ -215,7 +218,6 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> Result<(), String>
         drain: drain.clone(),
     };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
-    let addr = listen.unwrap_or(gw.listen);
     proxy.add_tcp(&addr.to_string());
     server.add_service(proxy);
     server.add_service(background_service(

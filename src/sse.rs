@@ -6,6 +6,7 @@ use crate::telemetry::Usage;
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 use serde_json::Value;
+use std::borrow::Cow;
 
 #[derive(Debug, Default)]
 pub struct SseFilter {
@@ -30,6 +31,15 @@ fn event_end(buf: &[u8]) -> Option<usize> {
         }
     }
     None
+}
+
+/// Whether `key` appears followed by `:` and an object.
+fn has_object(data: &[u8], key: &[u8]) -> bool {
+    memmem::find_iter(data, key).any(|at| {
+        let rest = data[at + key.len()..].trim_ascii_start();
+        rest.strip_prefix(b":")
+            .is_some_and(|r| r.trim_ascii_start().starts_with(b"{"))
+    })
 }
 
 impl SseFilter {
@@ -77,22 +87,29 @@ impl SseFilter {
 
     /// Reads one event; returns whether to drop it.
     fn inspect(&mut self, event: &[u8]) -> bool {
-        let mut data = Vec::new();
+        // The data lines joined; borrowed in the usual case of a single line.
+        let mut data: Cow<[u8]> = Cow::Borrowed(b"");
+        let mut lines = 0;
         for line in event.split(|b| *b == b'\n') {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if let Some(rest) = line.strip_prefix(b"data:") {
-                if !data.is_empty() {
-                    data.push(b'\n');
+                let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+                lines += 1;
+                if lines == 1 {
+                    data = Cow::Borrowed(rest);
+                } else {
+                    let joined = data.to_mut();
+                    joined.push(b'\n');
+                    joined.extend_from_slice(rest);
                 }
-                data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
             }
         }
         if data.trim_ascii() == b"[DONE]" {
             self.done = true;
             return false;
         }
-        let has = |needle: &str| memmem::find(&data, needle.as_bytes()).is_some();
-        if !has("\"usage\"") && !has("\"error\"") {
+        // Most chunks carry `"usage":null`; parse only those with a usage or error object.
+        if !has_object(&data, b"\"usage\"") && !has_object(&data, b"\"error\"") {
             return false;
         }
         let Ok(v) = serde_json::from_slice::<Value>(&data) else {
@@ -174,6 +191,16 @@ mod tests {
         let text = "data: {\"error\":{\"message\":\"boom\"}}\r\n\r\n";
         assert_eq!(run(&mut f, &[text.as_bytes()]), text);
         assert!(f.error && !f.done);
+    }
+
+    #[test]
+    fn usage_objects_are_found_with_any_spacing() {
+        assert!(has_object(br#"{"usage" : {"a":1}}"#, b"\"usage\""));
+        assert!(!has_object(br#"{"usage":null}"#, b"\"usage\""));
+        assert!(!has_object(
+            br#"{"text":"the \"usage\" word"}"#,
+            b"\"usage\""
+        ));
     }
 
     #[test]

@@ -48,6 +48,33 @@ models:
     assert "3 error(s)" in out
 
 
+def test_check_refuses_values_that_would_break_at_run_time(tmp_path):
+    (tmp_path / "gateway.yaml").write_text(
+        """\
+listen: 127.0.0.1:8080
+threads: 0
+shutdown_grace_secs: 99999999
+timeouts: {read_ms: 0}
+providers:
+  sim:
+    kind: openai
+    base_url: http://127.0.0.1:1/v 1
+  az:
+    kind: azure
+    base_url: https://example.invalid
+    api_version: "2024-10-21"
+models:
+  - id: az/other model
+"""
+    )
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    r = check(tmp_path / "gateway.yaml")
+    assert r.returncode == 1
+    for expected in ["gateway.yaml:2: threads:", "gateway.yaml:3: shutdown_grace_secs:", "gateway.yaml:4: timeouts.read_ms:",
+                     "gateway.yaml:8: providers.sim.base_url:", "gateway.yaml:14: models[0].id: azure deployment"]:
+        assert expected in r.stdout, r.stdout
+
+
 def test_check_reports_rule_errors(tmp_path):
     (tmp_path / "gateway.yaml").write_text(
         "listen: 127.0.0.1:8080\nproviders:\n  sim:\n    kind: openai\n    base_url: http://127.0.0.1:1/v1\nmodels:\n  - id: sim/a\n"
@@ -96,6 +123,10 @@ def test_hot_reload_on_file_change_and_refusal_of_a_bad_file(make_gateway, sim):
     gw.write_rules("rules: [unclosed\n")
     assert wait_for(lambda: gw.stderr().count("rules reload refused") >= 2)
     assert ask(gw).status_code == 200
+    # An empty file (an editor truncating before it writes) is refused too.
+    gw.write_rules("")
+    assert wait_for(lambda: gw.stderr().count("rules reload refused") >= 3)
+    assert ask(gw).headers["x-tollgate-model"] == "sim/beta"
 
 
 def test_sighup_reloads(make_gateway):

@@ -307,6 +307,13 @@ impl GatewayConfig {
             }
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         };
+        if top.threads == Some(0) {
+            r.error("threads", "must be at least 1");
+        }
+        if top.shutdown_grace_secs.is_some_and(|g| g > 3600) {
+            r.error("shutdown_grace_secs", "must be at most 3600");
+        }
+        check_timeouts(&mut r, "timeouts", top.timeouts.as_ref());
         let timeouts = DEFAULT_TIMEOUTS.merged(top.timeouts.as_ref());
 
         let mut providers = Vec::new();
@@ -344,6 +351,25 @@ impl GatewayConfig {
                     }
                 }
                 _ => r.error(&format!("{base}.id"), "a model id must be `provider/model`"),
+            }
+            if let Some((p, m)) = model.id.split_once('/') {
+                let azure = top
+                    .providers
+                    .get(p)
+                    .and_then(|v| v.get("kind"))
+                    .and_then(Value::as_str)
+                    == Some("azure");
+                let deployment = providers
+                    .iter()
+                    .find(|c: &&ProviderConfig| c.name == p)
+                    .and_then(|c| c.spec.deployments.get(m))
+                    .map_or(m, String::as_str);
+                if azure && !url_safe(deployment) {
+                    r.error(
+                        &format!("{base}.id"),
+                        format!("azure deployment `{deployment}` may hold only letters, digits, '.', '_' and '-'"),
+                    );
+                }
             }
             if !names.insert(model.id.clone()) {
                 r.error(
@@ -390,7 +416,36 @@ fn parse_addr(r: &mut Report, path: &str, s: &str) -> Option<SocketAddr> {
     }
 }
 
+/// Letters, digits, `.`, `_`, `-`: safe in a URL path segment or query value as they are.
+fn url_safe(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+fn check_timeouts(r: &mut Report, base: &str, spec: Option<&TimeoutSpec>) {
+    let Some(t) = spec else { return };
+    for (name, v) in [
+        ("connect_ms", t.connect_ms),
+        ("read_ms", t.read_ms),
+        ("write_ms", t.write_ms),
+    ] {
+        if v == Some(0) {
+            r.error(&format!("{base}.{name}"), "must be greater than 0");
+        }
+    }
+}
+
 fn validate_provider(r: &mut Report, base: &str, spec: &ProviderSpec) {
+    check_timeouts(r, &format!("{base}.timeouts"), spec.timeouts.as_ref());
+    if let Some(v) = &spec.api_version {
+        if !url_safe(v) {
+            r.error(
+                &format!("{base}.api_version"),
+                "may hold only letters, digits, '.', '_' and '-'",
+            );
+        }
+    }
     if let Err(e) = crate::providers::BaseUrl::parse(&spec.base_url) {
         r.error(&format!("{base}.base_url"), e);
     }
@@ -433,7 +488,6 @@ fn validate_provider(r: &mut Report, base: &str, spec: &ProviderSpec) {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RulesTop {
-    #[serde(default)]
     rules: Vec<Value>,
 }
 
@@ -463,8 +517,13 @@ pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<RuleSpec>, Vec<ConfigE
     let Some(root) = r.parse_yaml() else {
         return Err(r.errors);
     };
-    if root.is_null() {
-        return Ok(Vec::new());
+    // An empty file is refused: an editor that truncates before writing must not drop every rule.
+    if !root.get("rules").is_some_and(Value::is_sequence) {
+        r.error(
+            "rules",
+            "the file needs a `rules:` list (write `rules: []` for none)",
+        );
+        return Err(r.errors);
     }
     let Some(top) = r.de::<RulesTop>("", &root) else {
         return Err(r.errors);
@@ -594,6 +653,12 @@ models:
         .unwrap_err();
         assert_eq!(e[0].path, "rules[0].targets[0].weight");
         assert_eq!(e[0].line, Some(5));
-        assert!(parse_rules(Path::new("r.yaml"), "").unwrap().is_empty());
+        assert!(parse_rules(Path::new("r.yaml"), "rules: []\n")
+            .unwrap()
+            .is_empty());
+        for empty in ["", "# only a comment\n", "rules:\n"] {
+            let e = parse_rules(Path::new("r.yaml"), empty).unwrap_err();
+            assert_eq!(e[0].path, "rules", "{empty:?}");
+        }
     }
 }

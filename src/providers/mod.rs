@@ -44,6 +44,12 @@ impl BaseUrl {
         if host.is_empty() {
             return Err(format!("`{url}` has no host"));
         }
+        if authority.parse::<http::uri::Authority>().is_err()
+            || (!path.is_empty() && path.parse::<http::uri::PathAndQuery>().is_err())
+            || path.contains(' ')
+        {
+            return Err(format!("`{url}` is not a valid URL"));
+        }
         Ok(BaseUrl {
             tls,
             host: host.to_string(),
@@ -256,6 +262,8 @@ mod tests {
         assert!(BaseUrl::parse("ftp://x").is_err());
         assert!(BaseUrl::parse("http://x:notaport").is_err());
         assert!(BaseUrl::parse("http:///v1").is_err());
+        assert!(BaseUrl::parse("http://x/v 1").is_err());
+        assert!(BaseUrl::parse("http://bad host/v1").is_err());
     }
 
     #[test]
