@@ -51,7 +51,7 @@ fn benches(c: &mut Criterion) {
 
     c.bench_function("parse_route_rewrite", |b| {
         b.iter(|| {
-            let mut req = ClientRequest::parse(Endpoint::Chat, black_box(BODY)).expect("parse");
+            let req = ClientRequest::parse(Endpoint::Chat, black_box(BODY)).expect("parse");
             let route = router.lookup(&req.model).expect("route");
             let plan = route.plan(0.4);
             let target = &route.targets[plan[0]];

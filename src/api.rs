@@ -3,7 +3,10 @@
 
 use crate::error::ApiError;
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_json::error::Category;
+use serde_json::value::RawValue;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -40,7 +43,8 @@ impl Endpoint {
     }
 }
 
-/// A validated client request body.
+/// A validated client request body. Top-level fields are kept as raw JSON text, so everything
+/// the gateway does not rewrite reaches the upstream exactly as the client sent it.
 #[derive(Debug)]
 pub struct ClientRequest {
     pub endpoint: Endpoint,
@@ -48,7 +52,8 @@ pub struct ClientRequest {
     pub stream: bool,
     /// The client asked for the usage chunk itself (`stream_options.include_usage`).
     pub wants_usage: bool,
-    body: Map<String, Value>,
+    fields: IndexMap<String, Box<RawValue>>,
+    size: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -63,15 +68,17 @@ enum Kind {
 }
 
 impl Kind {
-    fn accepts(self, v: &Value) -> bool {
+    fn accepts(self, raw: &str) -> bool {
+        let first = raw.as_bytes().first().copied().unwrap_or(b' ');
+        let number = first == b'-' || first.is_ascii_digit();
         match self {
-            Kind::Str => v.is_string(),
-            Kind::Bool => v.is_boolean(),
-            Kind::Number => v.is_number(),
-            Kind::Integer => v.is_i64() || v.is_u64(),
-            Kind::Array => v.is_array(),
-            Kind::Object => v.is_object(),
-            Kind::StrOrArray => v.is_string() || v.is_array(),
+            Kind::Str => first == b'"',
+            Kind::Bool => raw == "true" || raw == "false",
+            Kind::Number => number,
+            Kind::Integer => number && (raw.parse::<i64>().is_ok() || raw.parse::<u64>().is_ok()),
+            Kind::Array => first == b'[',
+            Kind::Object => first == b'{',
+            Kind::StrOrArray => first == b'"' || first == b'[',
         }
     }
 
@@ -112,29 +119,44 @@ const FIELDS: &[(&str, Kind)] = &[
     ("encoding_format", Kind::Str),
 ];
 
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct MessageRole<'a> {
+    #[serde(borrow, default)]
+    role: Option<&'a RawValue>,
+}
+
+fn is_null(raw: &RawValue) -> bool {
+    raw.get() == "null"
+}
+
 impl ClientRequest {
     pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ClientRequest, ApiError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_json",
-                format!("The request body is not valid JSON: {e}"),
-            )
-        })?;
-        let Value::Object(body) = value else {
-            return Err(ApiError::bad_request(
-                "invalid_type",
-                "The request body must be a JSON object.",
-            ));
-        };
+        let fields: IndexMap<String, Box<RawValue>> =
+            serde_json::from_slice(bytes).map_err(|e| {
+                if e.classify() == Category::Data {
+                    ApiError::bad_request("invalid_type", "The request body must be a JSON object.")
+                } else {
+                    ApiError::bad_request(
+                        "invalid_json",
+                        format!("The request body is not valid JSON: {e}"),
+                    )
+                }
+            })?;
         for (field, kind) in FIELDS {
-            if let Some(v) = body.get(*field) {
-                if !v.is_null() && !kind.accepts(v) {
+            if let Some(v) = fields.get(*field) {
+                if !is_null(v) && !kind.accepts(v.get()) {
                     return Err(ApiError::bad_request(
                         "invalid_type",
                         format!(
                             "`{field}` must be {}, got {}.",
                             kind.describe(),
-                            type_name(v)
+                            type_name(v.get())
                         ),
                     ));
                 }
@@ -146,14 +168,17 @@ impl ClientRequest {
             Endpoint::Embeddings => "input",
         };
         for field in ["model", required] {
-            if body.get(field).is_none_or(Value::is_null) {
+            if fields.get(field).is_none_or(|v| is_null(v)) {
                 return Err(ApiError::bad_request(
                     "missing_field",
                     format!("`{field}` is required."),
                 ));
             }
         }
-        if let Some(messages) = body.get("messages").and_then(Value::as_array) {
+        if let Some(messages) = fields.get("messages").filter(|v| !is_null(v)) {
+            let messages: Vec<&RawValue> = serde_json::from_str(messages.get()).map_err(|_| {
+                ApiError::bad_request("invalid_type", "`messages` must be an array.")
+            })?;
             if messages.is_empty() {
                 return Err(ApiError::bad_request(
                     "invalid_value",
@@ -161,7 +186,10 @@ impl ClientRequest {
                 ));
             }
             for (i, m) in messages.iter().enumerate() {
-                if !m.get("role").is_some_and(Value::is_string) {
+                let role = serde_json::from_str::<MessageRole>(m.get())
+                    .ok()
+                    .and_then(|m| m.role);
+                if !role.is_some_and(|r| r.get().starts_with('"')) {
                     return Err(ApiError::bad_request(
                         "invalid_type",
                         format!("`messages[{i}]` must be an object with a string `role`."),
@@ -169,73 +197,107 @@ impl ClientRequest {
                 }
             }
         }
-        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        let stream = fields.get("stream").is_some_and(|v| v.get() == "true");
         if stream && endpoint == Endpoint::Embeddings {
             return Err(ApiError::bad_request(
                 "invalid_value",
                 "Embeddings cannot be streamed.",
             ));
         }
-        let include_usage = body
+        let include_usage = fields
             .get("stream_options")
-            .and_then(|o| o.get("include_usage"));
-        if include_usage.is_some_and(|v| !v.is_null() && !v.is_boolean()) {
+            .filter(|v| !is_null(v))
+            .and_then(|v| serde_json::from_str::<StreamOptions>(v.get()).ok())
+            .and_then(|o| o.include_usage)
+            .filter(|v| !is_null(v));
+        if include_usage
+            .as_ref()
+            .is_some_and(|v| !Kind::Bool.accepts(v.get()))
+        {
             return Err(ApiError::bad_request(
                 "invalid_type",
                 "`stream_options.include_usage` must be a boolean.",
             ));
         }
-        let wants_usage = include_usage.and_then(Value::as_bool).unwrap_or(false);
-        let model = body
+        let wants_usage = include_usage.is_some_and(|v| v.get() == "true");
+        let model = fields
             .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+            .unwrap_or_default();
         Ok(ClientRequest {
             endpoint,
             model,
             stream,
             wants_usage,
-            body,
+            fields,
+            size: bytes.len(),
         })
     }
 
-    /// The body for an upstream that serves `model`. Streams always ask for usage, so that
-    /// every request is accounted for; `proxy` removes the usage chunk if the client did not ask.
-    pub fn upstream_body(&mut self, model: &str) -> Bytes {
-        self.body
-            .insert("model".into(), Value::String(model.to_string()));
-        if self.stream {
-            let options = self
-                .body
-                .entry("stream_options")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !options.is_object() {
-                *options = Value::Object(Map::new());
+    /// The body for an upstream that serves `model`: the client's fields as sent, with `model`
+    /// replaced. Streams always ask for usage, so that every request is accounted for; `proxy`
+    /// removes the usage chunk if the client did not ask for it.
+    pub fn upstream_body(&self, model: &str) -> Bytes {
+        let mut out = Vec::with_capacity(self.size + model.len() + 48);
+        out.push(b'{');
+        let mut first = true;
+        let mut field = |out: &mut Vec<u8>, key: &str, value: &[u8]| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
             }
-            if let Value::Object(o) = options {
-                o.insert("include_usage".into(), Value::Bool(true));
+            // Writing JSON into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, key);
+            out.push(b':');
+            out.extend_from_slice(value);
+        };
+        let usage_options = self.stream.then(|| self.stream_options_with_usage());
+        for (key, value) in &self.fields {
+            match key.as_str() {
+                "model" => field(
+                    &mut out,
+                    key,
+                    &serde_json::to_vec(model).unwrap_or_default(),
+                ),
+                "stream_options" if usage_options.is_some() => {}
+                _ => field(&mut out, key, value.get().as_bytes()),
             }
         }
-        // Serializing a map of JSON values cannot fail.
-        Bytes::from(serde_json::to_vec(&self.body).unwrap_or_default())
+        if let Some(options) = usage_options {
+            field(&mut out, "stream_options", &options);
+        }
+        out.push(b'}');
+        Bytes::from(out)
+    }
+
+    /// The client's `stream_options` with `include_usage` set to true.
+    fn stream_options_with_usage(&self) -> Vec<u8> {
+        let mut options: IndexMap<String, Box<RawValue>> = self
+            .fields
+            .get("stream_options")
+            .and_then(|v| serde_json::from_str(v.get()).ok())
+            .unwrap_or_default();
+        if let Ok(t) = RawValue::from_string("true".into()) {
+            options.insert("include_usage".into(), t);
+        }
+        serde_json::to_vec(&options).unwrap_or_default()
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+fn type_name(raw: &str) -> &'static str {
+    match raw.as_bytes().first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn err(endpoint: Endpoint, body: &str) -> ApiError {
         ClientRequest::parse(endpoint, body.as_bytes()).unwrap_err()
@@ -306,7 +368,7 @@ mod tests {
 
     #[test]
     fn upstream_body_rewrites_model_and_asks_for_usage() {
-        let mut r = ClientRequest::parse(
+        let r = ClientRequest::parse(
             Endpoint::Chat,
             br#"{"model":"alias","stream":true,"messages":[{"role":"user","content":"hi"}],"user":"u1"}"#,
         )
@@ -319,7 +381,7 @@ mod tests {
         let v: Value = serde_json::from_slice(&r.upstream_body("other")).unwrap();
         assert_eq!(v["model"], "other");
 
-        let mut r = ClientRequest::parse(
+        let r = ClientRequest::parse(
             Endpoint::Chat,
             br#"{"model":"m","messages":[{"role":"user"}]}"#,
         )
@@ -335,5 +397,25 @@ mod tests {
         )
         .unwrap();
         assert!(r.wants_usage);
+    }
+
+    #[test]
+    fn fields_pass_through_exactly() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"caf\u00e9"}],"metadata":{"big":123456789012345678901234567890},"temperature":0.70,"stream":true,"stream_options":{"include_usage":false,"x":1}}"#;
+        let r = ClientRequest::parse(Endpoint::Chat, body).unwrap();
+        let out = String::from_utf8(r.upstream_body("up").to_vec()).unwrap();
+        assert_eq!(
+            out,
+            r#"{"model":"up","messages":[{"role":"user","content":"caf\u00e9"}],"metadata":{"big":123456789012345678901234567890},"temperature":0.70,"stream":true,"stream_options":{"include_usage":true,"x":1}}"#
+        );
+        assert!(!r.wants_usage);
+    }
+
+    #[test]
+    fn model_names_are_escaped() {
+        let r =
+            ClientRequest::parse(Endpoint::Embeddings, br#"{"model":"m","input":"x"}"#).unwrap();
+        let v: Value = serde_json::from_slice(&r.upstream_body("we\"ird")).unwrap();
+        assert_eq!(v["model"], "we\"ird");
     }
 }

@@ -2,10 +2,11 @@
 //! arrive, usage is read from them, and the usage-only chunk the gateway asked for is dropped when
 //! the client did not ask for it.
 
-use crate::telemetry::Usage;
+use crate::telemetry::{OpenAiUsage, Usage};
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
-use serde_json::Value;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use std::borrow::Cow;
 
 #[derive(Debug, Default)]
@@ -112,24 +113,31 @@ impl SseFilter {
         if !has_object(&data, b"\"usage\"") && !has_object(&data, b"\"error\"") {
             return false;
         }
-        let Ok(v) = serde_json::from_slice::<Value>(&data) else {
+        let Ok(chunk) = serde_json::from_slice::<ChunkProbe>(&data) else {
             return false;
         };
-        if v.get("error").is_some_and(|e| !e.is_null()) {
+        if chunk.error.is_some() {
             self.error = true;
         }
-        match v.get("usage").and_then(Usage::from_openai) {
+        match chunk.usage {
             Some(u) => {
-                self.usage = Some(u);
-                let usage_only = v
-                    .get("choices")
-                    .and_then(Value::as_array)
-                    .is_some_and(|c| c.is_empty());
-                self.strip_usage_chunk && usage_only
+                self.usage = Some(u.into());
+                self.strip_usage_chunk && chunk.choices.is_some_and(|c| c.is_empty())
             }
             None => false,
         }
     }
+}
+
+/// The parts of a chunk the gateway reads; everything else is skipped.
+#[derive(Deserialize)]
+struct ChunkProbe {
+    #[serde(default)]
+    choices: Option<Vec<IgnoredAny>>,
+    #[serde(default)]
+    usage: Option<OpenAiUsage>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
 }
 
 #[cfg(test)]

@@ -1,8 +1,7 @@
 //! What each request used and how it went: token usage read from bodies and streams, and the
 //! JSON access log, written by a background thread so the request path never does I/O.
 
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
 use std::sync::mpsc;
@@ -15,15 +14,50 @@ pub struct Usage {
     pub cached_tokens: u64,
 }
 
+/// OpenAI's `usage` object, as it appears in a response body or a stream chunk.
+#[derive(Debug, Default, Deserialize)]
+pub struct OpenAiUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+impl From<OpenAiUsage> for Usage {
+    fn from(u: OpenAiUsage) -> Usage {
+        Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u
+                .prompt_tokens_details
+                .and_then(|d| d.cached_tokens)
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// Just the `usage` of a response body; everything else is skipped, not built.
+#[derive(Deserialize)]
+struct UsageOf {
+    #[serde(default)]
+    usage: Option<OpenAiUsage>,
+}
+
 impl Usage {
-    /// Reads an OpenAI `usage` object.
-    pub fn from_openai(usage: &Value) -> Option<Usage> {
-        let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
-        usage.is_object().then(|| Usage {
-            prompt_tokens: n(usage.get("prompt_tokens")),
-            completion_tokens: n(usage.get("completion_tokens")),
-            cached_tokens: n(usage.pointer("/prompt_tokens_details/cached_tokens")),
-        })
+    /// Reads `usage` from a whole OpenAI response body.
+    pub fn from_body(body: &[u8]) -> Option<Usage> {
+        serde_json::from_slice::<UsageOf>(body)
+            .ok()?
+            .usage
+            .map(Usage::from)
     }
 }
 
@@ -48,6 +82,8 @@ pub struct Record {
     pub usage_seen: bool,
     pub error: Option<String>,
 }
+
+const BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 enum Msg {
     Line(Box<Record>),
@@ -78,6 +114,9 @@ impl AccessLog {
             .spawn(move || {
                 let mut buf = Vec::with_capacity(64 * 1024);
                 while let Ok(msg) = rx.recv() {
+                    // Let lines gather: one write per batch, and senders rarely find this
+                    // thread parked, so they rarely pay for waking it.
+                    std::thread::sleep(BATCH_WAIT);
                     let mut acks = Vec::new();
                     // Drain whatever is queued, then write it in one go.
                     for msg in std::iter::once(msg).chain(rx.try_iter()) {
@@ -121,19 +160,23 @@ mod tests {
 
     #[test]
     fn usage_from_openai_shape() {
-        let v: Value = serde_json::from_str(
-            r#"{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":4}}"#,
-        )
-        .unwrap();
+        let body = br#"{"id":"x","choices":[{"message":{"content":"usage"}}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":4}}}"#;
         assert_eq!(
-            Usage::from_openai(&v),
+            Usage::from_body(body),
             Some(Usage {
                 prompt_tokens: 12,
                 completion_tokens: 5,
                 cached_tokens: 4
             })
         );
-        assert_eq!(Usage::from_openai(&Value::Null), None);
+        let no_details =
+            br#"{"usage":{"prompt_tokens":3,"completion_tokens":1,"prompt_tokens_details":null}}"#;
+        assert_eq!(
+            Usage::from_body(no_details).map(|u| u.cached_tokens),
+            Some(0)
+        );
+        assert_eq!(Usage::from_body(br#"{"usage":null}"#), None);
+        assert_eq!(Usage::from_body(b"not json"), None);
     }
 
     #[test]
@@ -152,7 +195,7 @@ mod tests {
         }
         log.flush();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<Value> = text
+        let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();

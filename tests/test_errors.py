@@ -97,7 +97,7 @@ def test_html_upstream_error_becomes_json(gateway):
     assert status == 502
     assert headers["content-type"] == "application/json"
     assert_error(body, "upstream_error")
-    assert "502 Bad Gateway" in body["error"]["message"]
+    assert "502 with a non-JSON body (text/html" in body["error"]["message"]
 
 
 def test_upstream_json_error_passes_through(gateway):

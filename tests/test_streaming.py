@@ -5,6 +5,7 @@ import socket
 import time
 
 import openai
+import pytest
 import requests
 
 from conftest import free_port
@@ -79,8 +80,10 @@ def test_one_mib_prompt_non_stream_and_stream(gateway, sim):
     assert sim.requests()[-1]["body"]["messages"][0]["content"] == prompt
 
 
-def test_one_mib_prompt_through_a_retry(make_gateway, sim):
-    """The first target refuses connections; the whole body reaches the fallback."""
+@pytest.mark.parametrize("size", [1000, 60_000, 70_000, 1024 * 1024])
+def test_prompt_through_a_retry(make_gateway, sim, size):
+    """The first target refuses connections; the whole body reaches the fallback, whether it
+    fits Pingora's 64 KiB replay buffer or not."""
     dead = free_port()
     gw = make_gateway(
         providers=f"""\
@@ -95,7 +98,7 @@ def test_one_mib_prompt_through_a_retry(make_gateway, sim):
         models="models:\n  - id: dead/gpt-4o-mini\n  - id: sim/gpt-4o-mini\n",
         rules="rules:\n  - model: gpt-4o-mini\n    targets: [{to: dead/gpt-4o-mini}]\n    fallback: [sim/gpt-4o-mini]\n",
     )
-    prompt = big_prompt()
+    prompt = "word " * (size // 5)
     for stream in (False, True):
         r = requests.post(
             gw.url + "/v1/chat/completions",

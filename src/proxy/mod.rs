@@ -1,37 +1,38 @@
 //! The request pipeline, in Pingora's `ProxyHttp` phases.
 //!
-//! A client request runs twice through these phases:
-//! 1. As the *client* request: `request_filter` answers local endpoints, reads and validates the
-//!    body (any size up to the limit), resolves the route, then runs the upstream exchange as a
-//!    Pingora subrequest and streams its response tasks to the client.
-//! 2. As the *upstream exchange* (the subrequest, whose `CTX` carries an [`Exchange`]):
-//!    `upstream_peer` picks the target and key, `upstream_request_filter` addresses and
-//!    authenticates it, `request_body_filter` supplies the rewritten body on every attempt,
-//!    `fail_to_connect`/`error_while_proxy` move on to the next target, and `response_filter`
-//!    with `response_body_filter` account tokens.
+//! `request_filter` answers local endpoints, reads and validates the body (any size up to the
+//! limit) and resolves the route into an [`Exchange`]. The exchange then runs through the
+//! upstream phases: `upstream_peer` picks the target and key, `upstream_request_filter`
+//! addresses and authenticates it, `request_body_filter` supplies the rewritten body on every
+//! attempt, `fail_to_connect`/`error_while_proxy` move on to the next target, and
+//! `response_filter` with `response_body_filter` account tokens.
 //!
-//! The subrequest has no body of its own, so Pingora asks `request_body_filter` for it on each
-//! attempt: the body is never held in Pingora's 64 KiB retry buffer. README's design notes say why.
+//! Where the exchange runs depends on the body: Pingora replays a body it has read only from its
+//! 64 KiB retry buffer. A body that fits runs the exchange in the client request itself; a larger
+//! one runs it in a Pingora subrequest that has no body of its own, whose response tasks are
+//! streamed to the client (README's design notes say why).
+
+mod exchange;
 
 use crate::api::{ClientRequest, Endpoint};
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
 use crate::providers::Provider;
-use crate::routing::{Route, Router};
+use crate::routing::Router;
 use crate::sse::SseFilter;
 use crate::telemetry::{AccessLog, Record, Usage};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use exchange::{lock, Exchange, Outcome, ResponseBody};
 use http::{header, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
-use pingora::protocols::http::HttpTask;
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// The configuration a request sees from start to end; swapped whole on reload.
@@ -79,130 +80,51 @@ impl Drop for InFlight {
 }
 
 /// Headers a client may send that must never reach a provider.
-const CLIENT_ONLY: [&str; 5] = [
+const CLIENT_ONLY: [&str; 6] = [
     "authorization",
     "x-api-key",
     "api-key",
     "cookie",
     "proxy-authorization",
+    "expect",
 ];
 /// How long an idle client connection is kept open.
 const KEEPALIVE_SECS: u64 = 60;
 /// Largest non-stream response body read for usage accounting; larger ones pass unread.
 const ACCOUNTING_LIMIT: usize = 16 * 1024 * 1024;
 
-/// What the exchange learned, shared with the client request for its access-log line.
-#[derive(Debug, Default)]
-struct Outcome {
-    provider: Option<String>,
-    upstream_model: Option<String>,
-    attempts: u32,
-    ttfb: Option<Duration>,
-    usage: Option<Usage>,
-    error: Option<String>,
-    /// The JSON error that replaces a non-JSON upstream error, for when the upstream sent no
-    /// body at all (then `response_body_filter` never runs and the client request adds it).
-    error_body: Option<Bytes>,
-}
-
-/// How the response body is handled.
-enum ResponseBody {
-    /// JSON, kept (up to a limit) to read usage at the end.
-    Json(BytesMut),
-    Sse(SseFilter),
-    /// A non-JSON error body, replaced by an OpenAI-style error.
-    Rewrite(BytesMut, u16),
-    Pass,
-}
-
-/// The upstream exchange: one client request's journey through its targets.
-pub struct Exchange {
-    live: Arc<Live>,
-    route: Arc<Route>,
-    request: ClientRequest,
-    request_id: String,
-    plan: Vec<usize>,
-    pos: usize,
-    tried_keys: u64,
-    key: Option<usize>,
-    body: Bytes,
-    body_model: String,
-    started: Instant,
-    response_started: bool,
-    reuse_retried: bool,
-    mode: ResponseBody,
-    outcome: Arc<Mutex<Outcome>>,
-}
-
-impl Exchange {
-    fn target(&self) -> Option<(&crate::routing::Target, &Arc<Provider>)> {
-        let t = self.route.targets.get(*self.plan.get(self.pos)?)?;
-        Some((t, self.live.providers.get(t.provider)?))
-    }
-
-    /// Moves to the next untried key of the current target, or to the next target.
-    fn next_attempt(&mut self) -> bool {
-        while let Some((_, p)) = self.target() {
-            let pick = if p.keys.is_empty() {
-                (self.tried_keys == 0).then_some(0)
-            } else {
-                p.pick_key(self.tried_keys, rand::random::<f64>())
-            };
-            let has_keys = !p.keys.is_empty();
-            if let Some(k) = pick {
-                self.tried_keys |= 1 << k;
-                self.key = has_keys.then_some(k);
-                return true;
-            }
-            self.skip_target();
-        }
-        false
-    }
-
-    fn skip_target(&mut self) {
-        self.pos += 1;
-        self.tried_keys = 0;
-    }
-
-    fn has_next_target(&self) -> bool {
-        self.pos + 1 < self.plan.len()
-    }
-
-    fn outcome(&self) -> MutexGuard<'_, Outcome> {
-        lock(&self.outcome)
-    }
-}
-
 #[derive(Default)]
 pub struct Ctx {
+    /// Set in a subrequest that runs an exchange for its client request.
+    subrequest: bool,
+    exchange: Option<Box<Exchange>>,
+    // The rest belongs to the client request.
     started: Option<Instant>,
     request_id: String,
+    method: String,
+    path: String,
     model: Option<String>,
     stream: bool,
     error: Option<String>,
     outcome: Option<Arc<Mutex<Outcome>>>,
-    /// Set in the subrequest only.
-    exchange: Option<Box<Exchange>>,
     in_flight: Option<InFlight>,
-    /// Whether the access-log line was written; a request dropped before `logging` (at
+    /// Set until the access-log line is written; a request dropped before `logging` (cut off at
     /// shutdown) writes its line when its `Ctx` drops.
-    logged: bool,
     log: Option<AccessLog>,
-    method: String,
-    path: String,
 }
 
 impl Drop for Ctx {
     fn drop(&mut self) {
-        if let (false, Some(log)) = (self.logged, self.log.take()) {
-            let mut r = record_base(self);
+        if let Some(log) = self.log.take() {
+            let mut r = record(self);
             r.error = Some("interrupted".into());
             log.write(r);
         }
     }
 }
 
-fn record_base(ctx: &Ctx) -> Record {
+/// The access-log line for a client request, from its `Ctx` and its exchange's outcome.
+fn record(ctx: &Ctx) -> Record {
     let mut r = Record {
         ts_ms: SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -233,11 +155,6 @@ fn record_base(ctx: &Ctx) -> Record {
     r
 }
 
-/// The outcome lock is per request and never held across an await; a poisoned one is still usable.
-fn lock(outcome: &Mutex<Outcome>) -> MutexGuard<'_, Outcome> {
-    outcome.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn internal(msg: &'static str) -> Box<Error> {
     Error::explain(ErrorType::InternalError, msg)
 }
@@ -255,7 +172,7 @@ fn request_id(session: &Session) -> String {
 
 async fn respond(
     session: &mut Session,
-    ctx: &Ctx,
+    request_id: &str,
     status: u16,
     body: Bytes,
     extra: &[(&str, &str)],
@@ -263,7 +180,7 @@ async fn respond(
     let mut h = ResponseHeader::build(status, Some(4 + extra.len()))?;
     h.insert_header(header::CONTENT_TYPE, "application/json")?;
     h.insert_header(header::CONTENT_LENGTH, body.len())?;
-    h.insert_header("x-request-id", &ctx.request_id)?;
+    h.insert_header("x-request-id", request_id)?;
     for (k, v) in extra {
         h.insert_header(k.to_string(), *v)?;
     }
@@ -277,8 +194,7 @@ async fn respond(
     Ok(())
 }
 
-async fn respond_error(session: &mut Session, ctx: &mut Ctx, e: ApiError) -> Result<()> {
-    ctx.error = Some(e.code.to_string());
+async fn respond_error(session: &mut Session, request_id: &str, e: &ApiError) -> Result<()> {
     let allow = match Endpoint::from_path(session.req_header().uri.path()) {
         Some(_) => "POST",
         None => "GET, HEAD",
@@ -288,7 +204,7 @@ async fn respond_error(session: &mut Session, ctx: &mut Ctx, e: ApiError) -> Res
     } else {
         &[]
     };
-    respond(session, ctx, e.status, e.body(), extra).await
+    respond(session, request_id, e.status, e.body(), extra).await
 }
 
 fn method_not_allowed(path: &str) -> ApiError {
@@ -300,18 +216,26 @@ fn method_not_allowed(path: &str) -> ApiError {
     )
 }
 
+/// What `request_filter` decided.
+enum Next {
+    /// The response was written.
+    Done,
+    /// Proxy upstream with the exchange now in `ctx`.
+    Proxy,
+}
+
 impl Gateway {
     /// Serves the client request; an `ApiError` is the client's fault or a refusal.
     async fn serve(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
-    ) -> Result<std::result::Result<(), ApiError>> {
+    ) -> Result<std::result::Result<Next, ApiError>> {
         let live = self.live.load_full();
-        let method = session.req_header().method.clone();
-        let path = session.req_header().uri.path().to_string();
+        let method = &session.req_header().method;
         let get = method == Method::GET || method == Method::HEAD;
-        let local: Option<Bytes> = match path.as_str() {
+        let post = method == Method::POST;
+        let local: Option<Bytes> = match ctx.path.as_str() {
             "/ready" if self.drain.draining.load(Ordering::Acquire) => {
                 return Ok(Err(ApiError::new(
                     503,
@@ -326,16 +250,19 @@ impl Gateway {
         };
         if let Some(body) = local {
             if !get {
-                return Ok(Err(method_not_allowed(&path)));
+                return Ok(Err(method_not_allowed(&ctx.path)));
             }
-            respond(session, ctx, 200, body, &[]).await?;
-            return Ok(Ok(()));
+            respond(session, &ctx.request_id, 200, body, &[]).await?;
+            return Ok(Ok(Next::Done));
         }
-        let Some(endpoint) = Endpoint::from_path(&path) else {
-            return Ok(Err(ApiError::not_found(format!("Unknown path {path}."))));
+        let Some(endpoint) = Endpoint::from_path(&ctx.path) else {
+            return Ok(Err(ApiError::not_found(format!(
+                "Unknown path {}.",
+                ctx.path
+            ))));
         };
-        if method != Method::POST {
-            return Ok(Err(method_not_allowed(&path)));
+        if !post {
+            return Ok(Err(method_not_allowed(&ctx.path)));
         }
 
         let body = match read_body(session, live.gateway.max_body_bytes).await? {
@@ -365,38 +292,27 @@ impl Gateway {
                 ),
             )));
         }
-        let outcome = Arc::new(Mutex::new(Outcome::default()));
-        ctx.outcome = Some(outcome.clone());
-        let exchange = Exchange {
-            live: live.clone(),
+        let started = ctx.started.unwrap_or_else(Instant::now);
+        let exchange = Exchange::new(
+            live.clone(),
             route,
-            request,
-            request_id: ctx.request_id.clone(),
             plan,
-            pos: 0,
-            tried_keys: 0,
-            key: None,
-            body: Bytes::new(),
-            body_model: String::new(),
-            started: ctx.started.unwrap_or_else(Instant::now),
-            response_started: false,
-            reuse_retried: false,
-            mode: ResponseBody::Pass,
-            outcome,
-        };
-        let outcome = exchange.outcome.clone();
-        self.exchange(session, exchange, &outcome).await?;
-        Ok(Ok(()))
+            request,
+            ctx.request_id.clone(),
+            started,
+        );
+        ctx.outcome = Some(exchange.outcome.clone());
+        if session.as_ref().retry_buffer_truncated() {
+            self.run_subrequest(session, exchange).await?;
+            return Ok(Ok(Next::Done));
+        }
+        ctx.exchange = Some(Box::new(exchange));
+        Ok(Ok(Next::Proxy))
     }
 
-    /// Runs the upstream exchange as a subrequest and streams its response to the client. If the
-    /// client goes away, the subrequest is dropped, which closes the upstream connection.
-    async fn exchange(
-        &self,
-        session: &mut Session,
-        exchange: Exchange,
-        outcome: &Mutex<Outcome>,
-    ) -> Result<()> {
+    /// Runs the exchange as a subrequest and streams its response to the client. If the client
+    /// goes away, the subrequest is dropped, which closes the upstream connection.
+    async fn run_subrequest(&self, session: &mut Session, exchange: Exchange) -> Result<()> {
         let spawner = session
             .subrequest_spawner
             .as_ref()
@@ -410,7 +326,6 @@ impl Gateway {
         let run = prepared.run();
         tokio::pin!(run);
         let mut running = true;
-        let mut finished = false;
         loop {
             let task = tokio::select! {
                 task = handle.rx.recv() => task,
@@ -423,78 +338,24 @@ impl Gateway {
                 }
             };
             let Some(task) = task else { break };
-            let tasks = match task {
-                HttpTask::Header(mut h, true) => {
-                    let body = lock(outcome).error_body.take();
-                    match body {
-                        Some(body) => {
-                            h.insert_header(header::CONTENT_LENGTH, body.len())?;
-                            vec![HttpTask::Header(h, false), HttpTask::Body(Some(body), true)]
-                        }
-                        None => vec![HttpTask::Header(h, true)],
-                    }
+            if session.write_response_tasks(vec![task]).await? {
+                if running {
+                    run.await;
                 }
-                HttpTask::Done => match lock(outcome).error_body.take() {
-                    Some(body) => vec![HttpTask::Body(Some(body), true)],
-                    None => vec![HttpTask::Done],
-                },
-                task => vec![task],
-            };
-            if session.write_response_tasks(tasks).await? {
-                finished = true;
-                break;
+                return Ok(());
             }
         }
-        if running {
-            run.await;
-        }
-        if finished {
-            return Ok(());
-        }
-        // The exchange broke off mid-response. A stream ends with an error event; anything else
-        // is closed so that it cannot look complete.
-        let code = lock(outcome)
-            .error
-            .get_or_insert_with(|| "upstream_ended_early".into())
-            .clone();
-        let is_sse = session.response_written().is_some_and(|r| {
-            r.headers
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
-        });
-        if is_sse {
-            let e = ApiError::upstream(
-                502,
-                "upstream_stream_error",
-                format!("The upstream stream broke off ({code})."),
-            );
-            let mut event = BytesMut::from(&b"data: "[..]);
-            event.extend_from_slice(&e.body());
-            event.extend_from_slice(b"\n\n");
-            session
-                .write_response_body(Some(event.freeze()), true)
-                .await?;
-            return Ok(());
-        }
+        // The exchange ended without finishing its response: close, so it cannot look complete.
         session.set_keepalive(None);
         Err(Error::explain(
             ErrorType::HTTPStatus(502),
             "the upstream response ended early",
         ))
     }
-
-    fn record(&self, session: &Session, e: Option<&Error>, ctx: &mut Ctx) {
-        let mut r = record_base(ctx);
-        r.status = session.response_written().map_or(0, |r| r.status.as_u16());
-        if r.error.is_none() {
-            r.error = e.map(|e| e.etype().as_str().to_string());
-        }
-        ctx.logged = true;
-        self.log.write(r);
-    }
 }
 
-/// Reads the whole request body, refusing one over `limit` bytes.
+/// Reads the whole request body, refusing one over `limit` bytes. Pingora keeps a copy for
+/// replay on retries while the body fits its retry buffer.
 async fn read_body(
     session: &mut Session,
     limit: usize,
@@ -525,6 +386,7 @@ async fn read_body(
     if expects_continue {
         session.downstream_session.write_continue_response().await?;
     }
+    session.enable_retry_buffering();
     let mut body = BytesMut::with_capacity(declared.unwrap_or(16 * 1024));
     loop {
         let chunk = match session.read_request_body().await {
@@ -565,11 +427,28 @@ fn upstream_failure(e: &Error, attempts: u32) -> ApiError {
         _ => (502, "upstream_unavailable"),
     };
     let plural = if attempts == 1 { "" } else { "s" };
+    let why = match (&e.context, &e.cause) {
+        (Some(context), _) => context.as_str().to_string(),
+        (None, Some(cause)) => format!("{} ({cause})", e.etype().as_str()),
+        (None, None) => e.etype().as_str().to_string(),
+    };
     ApiError::upstream(
         status,
         code,
-        format!("The upstream failed after {attempts} attempt{plural}: {e}"),
+        format!("The upstream failed after {attempts} attempt{plural}; the last: {why}."),
     )
+}
+
+fn is_sse(resp: &ResponseHeader) -> bool {
+    resp.headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+fn exchange(ctx: &mut Ctx) -> Result<&mut Exchange> {
+    ctx.exchange
+        .as_deref_mut()
+        .ok_or_else(|| internal("no exchange"))
 }
 
 #[async_trait]
@@ -593,6 +472,7 @@ impl ProxyHttp for Gateway {
             let exchange = taken
                 .downcast::<Exchange>()
                 .map_err(|_| internal("subrequest without an exchange"))?;
+            ctx.subrequest = true;
             ctx.request_id = exchange.request_id.clone();
             ctx.exchange = Some(exchange);
             return Ok(false);
@@ -604,36 +484,26 @@ impl ProxyHttp for Gateway {
         ctx.method = session.req_header().method.to_string();
         ctx.path = session.req_header().uri.path().to_string();
         session.set_keepalive(Some(KEEPALIVE_SECS));
-        if let Err(e) = self.serve(session, ctx).await? {
-            respond_error(session, ctx, e).await?;
+        match self.serve(session, ctx).await? {
+            Ok(Next::Done) => Ok(true),
+            Ok(Next::Proxy) => Ok(false),
+            Err(e) => {
+                ctx.error = Some(e.code.to_string());
+                respond_error(session, &ctx.request_id, &e).await?;
+                Ok(true)
+            }
         }
-        Ok(true)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let ex = ctx
-            .exchange
-            .as_mut()
-            .ok_or_else(|| internal("no exchange"))?;
+        let ex = exchange(ctx)?;
         if !ex.next_attempt() {
             return Err(Error::explain(
                 ErrorType::ConnectNoRoute,
                 "no target left to try",
             ));
         }
-        ex.response_started = false;
-        ex.mode = ResponseBody::Pass;
-        let attempts = {
-            let mut o = ex.outcome();
-            o.attempts += 1;
-            o.attempts
-        };
         let (target, p) = ex.target().ok_or_else(|| internal("no target"))?;
-        {
-            let mut o = lock(&ex.outcome);
-            o.provider = Some(p.name.clone());
-            o.upstream_model = Some(target.model.clone());
-        }
         let addr = p
             .addr
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "provider has no address"))?;
@@ -642,12 +512,10 @@ impl ProxyHttp for Gateway {
         peer.options.total_connection_timeout = Some(p.timeouts.connect);
         peer.options.read_timeout = Some(p.timeouts.read);
         peer.options.write_timeout = Some(p.timeouts.write);
-        log::debug!(
-            "{} attempt {attempts}: {} via {}",
-            ex.request_id,
-            target.id,
-            p.name
-        );
+        let mut o = lock(&ex.outcome);
+        o.attempts += 1;
+        o.provider = Some(p.name.clone());
+        o.upstream_model = Some(target.model.clone());
         Ok(Box::new(peer))
     }
 
@@ -657,16 +525,10 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let ex = ctx
-            .exchange
-            .as_mut()
-            .ok_or_else(|| internal("no exchange"))?;
+        let ex = exchange(ctx)?;
         let (target, p) = ex.target().ok_or_else(|| internal("no target"))?;
         let (model, p) = (target.model.clone(), p.clone());
-        if ex.body_model != model || ex.body.is_empty() {
-            ex.body = ex.request.upstream_body(&model);
-            ex.body_model = model.clone();
-        }
+        ex.prepare_body(&model);
         req.set_method(Method::POST);
         let uri = p
             .path(ex.request.endpoint, &model)
@@ -686,8 +548,6 @@ impl ProxyHttp for Gateway {
             req.remove_header(&name);
         }
         req.remove_header(&header::TRANSFER_ENCODING);
-        // The gateway already has the whole body; the upstream need not confirm first.
-        req.remove_header(&header::EXPECT);
         if let Some(k) = ex.key.and_then(|k| p.keys.get(k)) {
             req.insert_header(p.auth_header(), k.header.clone())?;
         }
@@ -706,24 +566,20 @@ impl ProxyHttp for Gateway {
         end: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(ex) = ctx.exchange.as_ref() {
-            *body = if end {
-                Some(ex.body.clone())
-            } else {
-                Some(Bytes::new())
-            };
-        }
+        let ex = exchange(ctx)?;
+        *body = Some(if end { ex.body.clone() } else { Bytes::new() });
         Ok(())
     }
 
     fn fail_to_connect(
         &self,
         _session: &mut Session,
-        _peer: &HttpPeer,
+        peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(ex) = ctx.exchange.as_mut() {
+        log::warn!("{}: cannot connect to {peer}: {e}", ctx.request_id);
+        if let Some(ex) = ctx.exchange.as_deref_mut() {
             // Another key on the same address would fail the same way: go to the next target.
             let retry = ex.has_next_target();
             ex.skip_target();
@@ -736,23 +592,22 @@ impl ProxyHttp for Gateway {
         &self,
         peer: &HttpPeer,
         _session: &mut Session,
-        e: Box<Error>,
+        mut e: Box<Error>,
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        let mut e = e.more_context(format!("peer: {peer}"));
-        let Some(ex) = ctx.exchange.as_mut() else {
+        log::warn!("{}: upstream {peer} failed: {e}", ctx.request_id);
+        let Some(ex) = ctx.exchange.as_deref_mut() else {
             e.set_retry(false);
             return e;
         };
-        if ex.response_started {
-            // Bytes may have reached the client: never retry.
+        if ex.response_started || e.esource() == &ErrorSource::Downstream {
+            // Bytes may have reached the client, or the client left: never retry.
             e.set_retry(false);
-        } else if client_reused && matches!(e.retry, RetryType::ReusedOnly) && !ex.reuse_retried {
+        } else if client_reused && matches!(e.retry, RetryType::ReusedOnly) && ex.retry_same_once()
+        {
             // Most likely a pooled connection that the upstream had closed, so the request never
-            // arrived: try the same target once more on a fresh connection.
-            ex.reuse_retried = true;
-            ex.tried_keys = 0;
+            // arrived: the same target once more, on a fresh connection.
             e.set_retry(true);
         } else {
             let retry = ex.has_next_target();
@@ -768,43 +623,40 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let Some(ex) = ctx.exchange.as_mut() else {
+        let Some(ex) = ctx.exchange.as_deref_mut() else {
             return Ok(());
         };
-        ex.response_started = true;
         let status = resp.status.as_u16();
         let content_type = resp
             .headers
             .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if status >= 400 {
-            ex.outcome().error = Some("upstream_error".into());
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        if status >= 400 && !content_type.contains("json") {
+            // An HTML page or plain text: not an API answer. Fail the attempt; `fail_to_proxy`
+            // answers with a JSON error carrying the upstream's status.
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                format!("the upstream answered {status} with a non-JSON body ({content_type})"),
+            ));
         }
-        ex.mode = if status >= 400 && !content_type.contains("json") {
-            resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-            let e = ApiError::upstream(
-                status,
-                "upstream_error",
-                format!("The upstream answered {status} with an empty non-JSON body."),
-            );
-            ex.outcome().error_body = Some(e.body());
-            ResponseBody::Rewrite(BytesMut::new(), status)
-        } else if content_type.starts_with("text/event-stream") {
+        ex.response_started = true;
+        ex.mode = if is_sse(resp) {
+            resp.remove_header(&header::CONTENT_LENGTH);
             ResponseBody::Sse(SseFilter::new(!ex.request.wants_usage))
         } else if status < 300 {
             ResponseBody::Json(BytesMut::new())
         } else {
             ResponseBody::Pass
         };
-        if !matches!(ex.mode, ResponseBody::Pass | ResponseBody::Json(_)) {
-            resp.remove_header(&header::CONTENT_LENGTH);
-        }
         let (target, p) = ex.target().ok_or_else(|| internal("no target"))?;
         let (id, provider) = (target.id.clone(), p.name.clone());
         let attempts = {
             let mut o = ex.outcome();
             o.ttfb = Some(ex.started.elapsed());
+            if status >= 400 {
+                o.error = Some("upstream_error".into());
+            }
             o.attempts
         };
         resp.insert_header("x-request-id", &ex.request_id)?;
@@ -821,29 +673,21 @@ impl ProxyHttp for Gateway {
         end: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        let Some(ex) = ctx.exchange.as_mut() else {
+        let Some(ex) = ctx.exchange.as_deref_mut() else {
             return Ok(None);
         };
-        let mut usage = None;
-        match &mut ex.mode {
-            ResponseBody::Pass => {}
+        let usage = match &mut ex.mode {
+            ResponseBody::Pass => None,
             ResponseBody::Json(buf) => {
                 if let Some(b) = body.as_ref() {
                     if buf.len() + b.len() <= ACCOUNTING_LIMIT {
                         buf.extend_from_slice(b);
                     }
                 }
-                if end {
-                    usage = serde_json::from_slice::<serde_json::Value>(buf)
-                        .ok()
-                        .and_then(|v| v.get("usage").and_then(Usage::from_openai));
-                }
+                end.then(|| Usage::from_body(buf)).flatten()
             }
             ResponseBody::Sse(filter) => {
-                let mut out = match body.take() {
-                    Some(b) => filter.push(b),
-                    None => Bytes::new(),
-                };
+                let mut out = body.take().map_or_else(Bytes::new, |b| filter.push(b));
                 if end {
                     let rest = filter.finish();
                     if !rest.is_empty() {
@@ -853,34 +697,12 @@ impl ProxyHttp for Gateway {
                     }
                 }
                 *body = Some(out);
-                usage = filter.usage;
                 if filter.error {
-                    ex.outcome().error = Some("upstream_stream_error".into());
+                    lock(&ex.outcome).error = Some("upstream_stream_error".into());
                 }
+                filter.usage
             }
-            ResponseBody::Rewrite(buf, status) => {
-                if let Some(b) = body.as_ref() {
-                    if buf.len() < 512 {
-                        buf.extend_from_slice(&b[..b.len().min(512 - buf.len())]);
-                    }
-                }
-                *body = Some(if end {
-                    let snippet = String::from_utf8_lossy(buf)
-                        .split_whitespace()
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    let e = ApiError::upstream(
-                        *status,
-                        "upstream_error",
-                        format!("The upstream answered {status} with a non-JSON body: {snippet}"),
-                    );
-                    ex.outcome().error_body = None;
-                    e.body()
-                } else {
-                    Bytes::new()
-                });
-            }
-        }
+        };
         if usage.is_some() {
             ex.outcome().usage = usage;
         }
@@ -888,44 +710,67 @@ impl ProxyHttp for Gateway {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let client_gone = matches!(
-            e.etype(),
-            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed
-        ) && e.esource() != &ErrorSource::Upstream;
-        let api = match ctx.exchange.as_ref() {
-            Some(ex) => upstream_failure(e, ex.outcome().attempts),
-            None if client_gone => {
-                ctx.error = Some("client_closed".into());
-                return FailToProxy {
-                    error_code: 0,
-                    can_reuse_downstream: false,
-                };
-            }
-            None => ApiError::new(
-                500,
-                "server_error",
-                "internal_error",
-                format!("The gateway failed: {e}"),
-            ),
+        let client_gone = e.esource() == &ErrorSource::Downstream
+            || (matches!(e.etype(), ErrorType::ConnectionClosed)
+                && e.esource() != &ErrorSource::Upstream);
+        let gone = FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
         };
-        if let Some(ex) = ctx.exchange.as_ref() {
-            ex.outcome().error = Some(api.code.to_string());
-        }
-        let status = api.status;
-        if session.response_written().is_none() {
-            if let Err(w) = respond_error(session, ctx, api).await {
-                log::debug!("could not send the error response: {w}");
+        if client_gone {
+            if !ctx.subrequest {
+                ctx.error = Some("client_closed".into());
             }
+            return gone;
+        }
+        let api = match ctx.exchange.as_deref() {
+            Some(ex) => {
+                let api = upstream_failure(e, ex.outcome().attempts);
+                ex.outcome().error = Some(api.code.to_string());
+                api
+            }
+            None => {
+                let api = ApiError::new(
+                    500,
+                    "server_error",
+                    "internal_error",
+                    format!("The gateway failed: {e}"),
+                );
+                ctx.error = Some(api.code.to_string());
+                api
+            }
+        };
+        let written = match session.response_written() {
+            None => respond_error(session, &ctx.request_id, &api).await,
+            // A stream already under way ends with an error event.
+            Some(resp) if is_sse(resp) => {
+                let mut event = BytesMut::from(&b"data: "[..]);
+                event.extend_from_slice(
+                    &ApiError::upstream(502, "upstream_stream_error", api.message.clone()).body(),
+                );
+                event.extend_from_slice(b"\n\n");
+                session
+                    .write_response_body(Some(event.freeze()), true)
+                    .await
+            }
+            Some(_) => return gone,
+        };
+        if let Err(w) = written {
+            log::debug!("could not send the error response: {w}");
         }
         FailToProxy {
-            error_code: status,
+            error_code: api.status,
             can_reuse_downstream: false,
         }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        if ctx.exchange.is_none() {
-            self.record(session, e, ctx);
+        let Some(log) = ctx.log.take() else { return };
+        let mut r = record(ctx);
+        r.status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if r.error.is_none() {
+            r.error = e.map(|e| e.etype().as_str().to_string());
         }
+        log.write(r);
     }
 }
