@@ -31,6 +31,7 @@ enum Command {
     /// Validate a config and its rules file: print every error with its YAML path and line, and
     /// exit 1 if there is any.
     Check {
+        /// The gateway config to check, with the rules file it names.
         #[arg(long, default_value = "conf/gateway.yaml")]
         config: PathBuf,
     },

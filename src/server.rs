@@ -18,7 +18,17 @@ use std::time::Duration;
 
 /// Loads both files. With `lookup` off (for `check`), provider hosts are not resolved.
 pub fn load(path: &Path, lookup: bool) -> Result<Live, Vec<ConfigError>> {
-    let gateway = Arc::new(GatewayConfig::load(path)?);
+    let gateway = match GatewayConfig::load(path) {
+        Ok(g) => Arc::new(g),
+        Err(mut errors) => {
+            // Still report what can be checked in the rules file on its own.
+            let rules = config::rules_path_hint(path);
+            if let Ok(text) = config::read(&rules) {
+                errors.extend(config::parse_rules(&rules, &text).err().unwrap_or_default());
+            }
+            return Err(errors);
+        }
+    };
     let env = |var: &str| std::env::var(var).ok();
     let mut errors = Vec::new();
     let mut providers = Vec::new();

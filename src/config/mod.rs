@@ -183,32 +183,77 @@ pub struct ModelSpec {
     pub aliases: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The top level of `gateway.yaml`; each field is read on its own so that one bad field does not
+/// hide the others.
+#[derive(Default)]
 struct Top {
-    listen: String,
-    #[serde(default = "default_rules")]
-    rules: String,
-    #[serde(default)]
+    listen: Option<String>,
+    rules: Option<String>,
     limits: Option<LimitsSpec>,
-    #[serde(default)]
     timeouts: Option<TimeoutSpec>,
-    #[serde(default)]
     shutdown_grace_secs: Option<u64>,
-    #[serde(default)]
     simulator: Option<SimulatorSpec>,
-    #[serde(default)]
     access_log: Option<String>,
-    #[serde(default)]
     threads: Option<usize>,
     providers: IndexMap<String, Value>,
     models: Vec<Value>,
 }
 
+impl Top {
+    fn read(r: &mut Report, root: &Value) -> Option<Top> {
+        let Some(map) = root.as_mapping() else {
+            r.error("", "the file must be a mapping of settings");
+            return None;
+        };
+        let mut top = Top::default();
+        let (mut has_providers, mut has_models) = (false, false);
+        for (key, v) in map {
+            let Some(key) = key.as_str() else {
+                r.error("", "setting names must be strings");
+                continue;
+            };
+            match key {
+                "listen" => top.listen = r.de(key, v),
+                "rules" => top.rules = r.de(key, v),
+                "limits" => top.limits = r.de(key, v),
+                "timeouts" => top.timeouts = r.de(key, v),
+                "shutdown_grace_secs" => top.shutdown_grace_secs = r.de(key, v),
+                "simulator" => top.simulator = r.de(key, v),
+                "access_log" => top.access_log = r.de(key, v),
+                "threads" => top.threads = r.de(key, v),
+                "providers" => {
+                    has_providers = true;
+                    top.providers = r.de(key, v).unwrap_or_default();
+                }
+                "models" => {
+                    has_models = true;
+                    top.models = r.de(key, v).unwrap_or_default();
+                }
+                other => r.error(other, format!("unknown field `{other}`")),
+            }
+        }
+        for (name, present) in [
+            ("listen", map.contains_key("listen")),
+            ("providers", has_providers),
+            ("models", has_models),
+        ] {
+            if !present {
+                r.error(name, format!("missing field `{name}`"));
+            }
+        }
+        Some(top)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LimitsSpec {
+    #[serde(default = "default_max_body")]
     max_body_bytes: u64,
+}
+
+fn default_max_body() -> u64 {
+    DEFAULT_MAX_BODY as u64
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,9 +266,7 @@ fn one() -> f64 {
     1.0
 }
 
-fn default_rules() -> String {
-    "rules.yaml".to_string()
-}
+const DEFAULT_RULES: &str = "rules.yaml";
 
 pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
 
@@ -290,11 +333,14 @@ impl GatewayConfig {
         let Some(root) = r.parse_yaml() else {
             return Err(r.errors);
         };
-        let Some(top) = r.de::<Top>("", &root) else {
+        let Some(top) = Top::read(&mut r, &root) else {
             return Err(r.errors);
         };
 
-        let listen = parse_addr(&mut r, "listen", &top.listen);
+        let listen = top
+            .listen
+            .as_ref()
+            .and_then(|l| parse_addr(&mut r, "listen", l));
         let simulator = top
             .simulator
             .as_ref()
@@ -394,7 +440,7 @@ impl GatewayConfig {
         let dir = path.parent().unwrap_or(Path::new("."));
         Ok(GatewayConfig {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            rules_path: dir.join(&top.rules),
+            rules_path: dir.join(top.rules.as_deref().unwrap_or(DEFAULT_RULES)),
             max_body_bytes,
             shutdown_grace: Duration::from_secs(top.shutdown_grace_secs.unwrap_or(10)),
             simulator,
@@ -509,6 +555,18 @@ pub struct TargetSpec {
     pub to: String,
     #[serde(default = "one")]
     pub weight: f64,
+}
+
+/// Where the rules file of `gateway` is, read leniently from a config that may be invalid.
+pub fn rules_path_hint(gateway: &Path) -> PathBuf {
+    let named = std::fs::read_to_string(gateway)
+        .ok()
+        .and_then(|t| serde_yaml::from_str::<Value>(&t).ok())
+        .and_then(|v| v.get("rules").and_then(Value::as_str).map(str::to_string));
+    gateway
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(named.as_deref().unwrap_or(DEFAULT_RULES))
 }
 
 /// Parses `rules.yaml`; checks against the catalog happen in `routing::Router::build`.
@@ -629,6 +687,18 @@ models:
         );
         let lines: Vec<Option<usize>> = e.iter().map(|e| e.line).collect();
         assert_eq!(lines, [Some(1), Some(5), Some(7), Some(10), Some(12)]);
+    }
+
+    #[test]
+    fn top_level_errors_do_not_hide_each_other() {
+        let text = GOOD.replace("listen: 127.0.0.1:8080\n", "listen: 127.0.0.1:8080\nlimits: {}\nthreads: two\nshutdown_grace_secs: -1\ncolour: red\n");
+        let e = errors(&text);
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["threads", "shutdown_grace_secs", "colour"], "{e:?}");
+        assert_eq!(e[2].line, Some(5));
+        let e = errors("providers: {}\nmodels: []\n");
+        assert_eq!(e[0].path, "listen");
+        assert!(e[0].message.contains("missing field `listen`"));
     }
 
     #[test]
