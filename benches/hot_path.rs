@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tollgate::api::{ClientRequest, Endpoint};
 use tollgate::config::{parse_rules, GatewayConfig, Report};
 use tollgate::providers::Provider;
-use tollgate::routing::Router;
+use tollgate::routing::{Facts, Router};
 use tollgate::sse::SseFilter;
 
 const GATEWAY: &str = "\
@@ -24,7 +24,7 @@ models:
     aliases: [gpt-4o-mini]
   - id: sim/gpt-4o
 ";
-const RULES: &str = "rules:\n  - model: gpt-4o-mini\n    targets: [{to: sim/gpt-4o-mini, weight: 3}, {to: sim/gpt-4o}]\n";
+const RULES: &str = "rules:\n  - name: premium\n    priority: 10\n    match: {model: 'gpt-4o*', tier: premium}\n    targets: [{to: sim/gpt-4o}]\n  - name: mini\n    match: {model: gpt-4o-mini}\n    targets: [{to: sim/gpt-4o-mini, weight: 3}, {to: sim/gpt-4o}]\n";
 const BODY: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"What is the capital of France? Answer in one word."}],"temperature":0.2,"max_tokens":64,"stream":true}"#;
 const CHUNK: &[u8] = b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" Paris\"},\"finish_reason\":null}],\"usage\":null}\n\n";
 const USAGE: &[u8] = b"data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":2,\"total_tokens\":22}}\n\n";
@@ -49,10 +49,20 @@ fn benches(c: &mut Criterion) {
     let (gw, providers) = setup();
     let router = build_router(&gw, &providers);
 
+    let headers = http::HeaderMap::new();
     c.bench_function("parse_route_rewrite", |b| {
         b.iter(|| {
             let req = ClientRequest::parse(Endpoint::Chat, black_box(BODY)).expect("parse");
-            let route = router.lookup(&req.model).expect("route");
+            let facts = Facts {
+                model: &req.model,
+                endpoint: Endpoint::Chat,
+                headers: &headers,
+                key: None,
+                team: None,
+                customer: None,
+                budget_used_percent: None,
+            };
+            let route = router.route(&facts).expect("route");
             let plan = route.plan(0.4);
             let target = &route.targets[plan[0]];
             black_box(req.upstream_body(&target.model))

@@ -1,10 +1,14 @@
-//! Routing: the model a client names (alias, catalog id or rule name) becomes a route, an ordered
-//! plan of upstream targets. Built once per `rules.yaml` load; a request costs one map lookup and
-//! one weighted roll.
+//! Routing: a request's facts (model, endpoint, headers, and later its key, team, customer and
+//! budget use) select a route, an ordered plan of upstream targets. Rules from `rules.yaml` are
+//! tried from the highest priority down; the first that matches wins. Without a match, a catalog
+//! id or alias routes to its own provider. Built once per load; a request costs a scan of the
+//! rules and one weighted roll.
 
-use crate::config::{GatewayConfig, Report, RuleSpec};
+use crate::api::Endpoint;
+use crate::config::{GatewayConfig, MatchSpec, Report, RuleSpec};
 use crate::providers::Provider;
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName};
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,10 +21,14 @@ pub struct Target {
     pub provider: usize,
     /// The model name the provider knows.
     pub model: String,
+    /// Only this key of the provider, when the rule pins one.
+    pub key: Option<usize>,
 }
 
 #[derive(Debug)]
 pub struct Route {
+    /// The rule that chose this route; `None` for a catalog default.
+    pub rule: Option<String>,
     pub targets: Vec<Target>,
     /// Indexes into `targets` with their weights; only targets whose provider is available.
     weighted: Vec<(usize, f64)>,
@@ -60,16 +68,253 @@ impl Route {
     }
 }
 
+/// What a rule can look at.
+pub struct Facts<'a> {
+    pub model: &'a str,
+    pub endpoint: Endpoint,
+    pub headers: &'a HeaderMap,
+    pub key: Option<&'a str>,
+    pub team: Option<&'a str>,
+    pub customer: Option<&'a str>,
+    pub budget_used_percent: Option<f64>,
+}
+
+/// `*` matches any run of characters, `?` any one.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, ti));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == t[ti] => {
+                pi += 1;
+                ti += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|c| *c == b'*')
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cmp {
+    Ge,
+    Gt,
+    Le,
+    Lt,
+    Eq,
+}
+
+/// A parsed `budget_used_percent` condition.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Threshold(Cmp, f64);
+
+impl Threshold {
+    fn parse(s: &str) -> Result<Threshold, String> {
+        let s = s.trim();
+        let (cmp, rest) = [
+            ("<=", Cmp::Le),
+            (">=", Cmp::Ge),
+            ("==", Cmp::Eq),
+            ("<", Cmp::Lt),
+            (">", Cmp::Gt),
+        ]
+        .iter()
+        .find_map(|(op, cmp)| s.strip_prefix(op).map(|r| (*cmp, r)))
+        .ok_or_else(|| format!("`{s}` must be a comparison such as `>= 80`"))?;
+        let n: f64 = rest
+            .trim()
+            .trim_end_matches('%')
+            .parse()
+            .map_err(|_| format!("`{s}` must compare with a number, such as `>= 80`"))?;
+        if !n.is_finite() {
+            return Err(format!("`{s}` must compare with a finite number"));
+        }
+        Ok(Threshold(cmp, n))
+    }
+
+    fn holds(self, v: f64) -> bool {
+        match self.0 {
+            Cmp::Ge => v >= self.1,
+            Cmp::Gt => v > self.1,
+            Cmp::Le => v <= self.1,
+            Cmp::Lt => v < self.1,
+            Cmp::Eq => v == self.1,
+        }
+    }
+
+    /// Whether any percentage (0 and up) satisfies it.
+    fn satisfiable(self) -> bool {
+        !matches!((self.0, self.1), (Cmp::Lt, n) if n <= 0.0)
+            && !matches!((self.0, self.1), (Cmp::Le | Cmp::Eq, n) if n < 0.0)
+    }
+}
+
+#[derive(Debug)]
+struct Matcher {
+    models: Vec<String>,
+    kinds: Vec<Endpoint>,
+    headers: Vec<(HeaderName, String)>,
+    key: Vec<String>,
+    team: Vec<String>,
+    customer: Vec<String>,
+    budget: Option<Threshold>,
+}
+
+fn any_glob(patterns: &[String], value: Option<&str>) -> bool {
+    patterns.is_empty() || value.is_some_and(|v| patterns.iter().any(|p| glob(p, v)))
+}
+
+/// Every value `narrow` allows is allowed by `wide` (used to find shadowed rules).
+fn covers(wide: &[String], narrow: &[String]) -> bool {
+    wide.is_empty()
+        || (!narrow.is_empty()
+            && narrow.iter().all(|n| {
+                wide.iter()
+                    .any(|w| w == n || (!n.contains(['*', '?']) && glob(w, n)) || w == "*")
+            }))
+}
+
+impl Matcher {
+    fn compile(spec: &MatchSpec, base: &str, r: &mut Report) -> Matcher {
+        let kinds = spec
+            .kind
+            .iter()
+            .filter_map(|k| match k.as_str() {
+                "chat" => Some(Endpoint::Chat),
+                "completions" => Some(Endpoint::Completions),
+                "embeddings" => Some(Endpoint::Embeddings),
+                other => {
+                    r.error(
+                        &format!("{base}.type"),
+                        format!("unknown request type `{other}` (chat, completions or embeddings)"),
+                    );
+                    None
+                }
+            })
+            .collect();
+        let mut headers: Vec<(HeaderName, String)> = Vec::new();
+        for (name, value) in &spec.headers {
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => headers.push((h, value.clone())),
+                Err(_) => r.error(
+                    &format!("{base}.headers.{name}"),
+                    format!("`{name}` is not a header name"),
+                ),
+            }
+        }
+        for tier in &spec.tier {
+            headers.push((HeaderName::from_static("x-tollgate-tier"), tier.clone()));
+        }
+        let budget = spec
+            .budget_used_percent
+            .as_deref()
+            .and_then(|b| match Threshold::parse(b) {
+                Ok(t) if !t.satisfiable() => {
+                    r.error(
+                        &format!("{base}.budget_used_percent"),
+                        format!("`{b}` can never hold"),
+                    );
+                    None
+                }
+                Ok(t) => Some(t),
+                Err(e) => {
+                    r.error(&format!("{base}.budget_used_percent"), e);
+                    None
+                }
+            });
+        Matcher {
+            models: spec.model.clone(),
+            kinds,
+            headers,
+            key: spec.key.clone(),
+            team: spec.team.clone(),
+            customer: spec.customer.clone(),
+            budget,
+        }
+    }
+
+    fn matches(&self, f: &Facts) -> bool {
+        any_glob(&self.models, Some(f.model))
+            && (self.kinds.is_empty() || self.kinds.contains(&f.endpoint))
+            && self.headers_match(f.headers)
+            && any_glob(&self.key, f.key)
+            && any_glob(&self.team, f.team)
+            && any_glob(&self.customer, f.customer)
+            && self
+                .budget
+                .is_none_or(|t| f.budget_used_percent.is_some_and(|v| t.holds(v)))
+    }
+
+    /// Several tier values for one header mean any of them.
+    fn headers_match(&self, headers: &HeaderMap) -> bool {
+        let mut names: Vec<&HeaderName> = self.headers.iter().map(|(n, _)| n).collect();
+        names.dedup();
+        names.iter().all(|name| {
+            let value = headers.get(*name).and_then(|v| v.to_str().ok());
+            value.is_some_and(|v| self.headers.iter().any(|(n, p)| n == *name && glob(p, v)))
+        })
+    }
+
+    /// Whether every request this matcher takes is taken by `self` too.
+    fn covers(&self, other: &Matcher) -> bool {
+        let header_values = |m: &Matcher, name: &HeaderName| -> Vec<String> {
+            m.headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        covers(&self.models, &other.models)
+            && (self.kinds.is_empty()
+                || (!other.kinds.is_empty() && other.kinds.iter().all(|k| self.kinds.contains(k))))
+            && self
+                .headers
+                .iter()
+                .all(|(n, _)| covers(&header_values(self, n), &header_values(other, n)))
+            && covers(&self.key, &other.key)
+            && covers(&self.team, &other.team)
+            && covers(&self.customer, &other.customer)
+            && (self.budget.is_none() || self.budget == other.budget)
+    }
+}
+
+#[derive(Debug)]
+struct Rule {
+    matcher: Matcher,
+    route: Arc<Route>,
+    /// Its match compiled without errors (only such rules are compared for shadowing).
+    sound: bool,
+}
+
 #[derive(Debug)]
 pub struct Router {
-    routes: HashMap<String, Arc<Route>>,
+    /// Highest priority first.
+    rules: Vec<Rule>,
+    /// Catalog ids and aliases, each routed to its own provider.
+    catalog: HashMap<String, Arc<Route>>,
     /// The `/v1/models` answer, built once.
     pub models_json: Bytes,
 }
 
 impl Router {
-    pub fn lookup(&self, model: &str) -> Option<&Arc<Route>> {
-        self.routes.get(model)
+    pub fn route(&self, facts: &Facts) -> Option<&Arc<Route>> {
+        self.rules
+            .iter()
+            .find(|r| r.matcher.matches(facts))
+            .map(|r| &r.route)
+            .or_else(|| self.catalog.get(facts.model))
     }
 
     /// Compiles the catalog and the rules. Problems in the rules are reported, and `None` returned.
@@ -84,7 +329,7 @@ impl Router {
             .enumerate()
             .map(|(i, p)| (p.name.as_str(), i))
             .collect();
-        let catalog: HashMap<&str, Target> = gw
+        let catalog_targets: HashMap<&str, Target> = gw
             .models
             .iter()
             .filter_map(|m| {
@@ -96,13 +341,17 @@ impl Router {
                         id: m.id.clone(),
                         provider,
                         model: model.to_string(),
+                        key: None,
                     },
                 ))
             })
             .collect();
         let errors_before = r.errors.len();
 
-        let make_route = |targets: Vec<Target>, weights: Vec<f64>, fallback_from: usize| {
+        let make_route = |rule: Option<String>,
+                          targets: Vec<Target>,
+                          weights: Vec<f64>,
+                          fallback_from: usize| {
             let mut unavailable = Vec::new();
             let mut weighted = Vec::new();
             let mut fallback = Vec::new();
@@ -121,6 +370,7 @@ impl Router {
                 }
             }
             Arc::new(Route {
+                rule,
                 targets,
                 weighted,
                 fallback,
@@ -128,27 +378,25 @@ impl Router {
             })
         };
 
-        let mut routes: HashMap<String, Arc<Route>> = HashMap::new();
+        let mut catalog: HashMap<String, Arc<Route>> = HashMap::new();
         for m in &gw.models {
-            if let Some(t) = catalog.get(m.id.as_str()) {
-                let route = make_route(vec![t.clone()], vec![1.0], 1);
+            if let Some(t) = catalog_targets.get(m.id.as_str()) {
+                let route = make_route(None, vec![t.clone()], vec![1.0], 1);
                 for name in std::iter::once(&m.id).chain(&m.aliases) {
-                    routes.insert(name.clone(), route.clone());
+                    catalog.insert(name.clone(), route.clone());
                 }
             }
         }
 
-        let mut seen = HashMap::new();
+        let mut compiled: Vec<(i64, usize, Rule)> = Vec::new();
+        let mut names = HashMap::new();
         for (i, rule) in rules.iter().enumerate() {
             let base = format!("rules[{i}]");
-            if let Some(prev) = seen.insert(rule.model.as_str(), i) {
+            if let Some(prev) = names.insert(rule.name.as_str(), i) {
                 r.error(
-                    &format!("{base}.model"),
-                    format!("`{}` already has a rule (rules[{prev}])", rule.model),
+                    &format!("{base}.name"),
+                    format!("`{}` is already the name of rules[{prev}]", rule.name),
                 );
-            }
-            if rule.model.is_empty() {
-                r.error(&format!("{base}.model"), "must not be empty");
             }
             if rule.targets.is_empty() {
                 r.error(
@@ -156,6 +404,9 @@ impl Router {
                     "a rule needs at least one target",
                 );
             }
+            let before = r.errors.len();
+            let matcher = Matcher::compile(&rule.matches, &format!("{base}.match"), r);
+            let sound = r.errors.len() == before;
             let mut targets = Vec::new();
             let mut weights = Vec::new();
             let named = rule
@@ -164,9 +415,9 @@ impl Router {
                 .enumerate()
                 .map(|(j, t)| {
                     (
-                        format!("{base}.targets[{j}].to"),
+                        format!("{base}.targets[{j}]"),
                         t.to.as_str(),
-                        Some(t.weight),
+                        Some((t.weight, t.key.as_deref())),
                     )
                 })
                 .chain(
@@ -175,51 +426,112 @@ impl Router {
                         .enumerate()
                         .map(|(j, to)| (format!("{base}.fallback[{j}]"), to.as_str(), None)),
                 );
-            for (path, to, weight) in named {
-                match catalog.get(to) {
-                    Some(t) => targets.push(t.clone()),
-                    None => {
-                        let why = match to.split_once('/') {
-                            Some((p, _)) if !provider_index.contains_key(p) => format!("unknown provider `{p}` in `{to}`"),
-                            _ => format!("`{to}` is not a model id in the catalog (`models` in gateway.yaml)"),
-                        };
-                        r.error(&path, why);
-                    }
-                }
-                if let Some(w) = weight {
+            for (path, to, weighted) in named {
+                let to_path = if weighted.is_some() {
+                    format!("{path}.to")
+                } else {
+                    path.clone()
+                };
+                let Some(t) = catalog_targets.get(to) else {
+                    let why = match to.split_once('/') {
+                        Some((p, _)) if !provider_index.contains_key(p) => {
+                            format!("unknown provider `{p}` in `{to}`")
+                        }
+                        _ => format!(
+                            "`{to}` is not a model id in the catalog (`models` in gateway.yaml)"
+                        ),
+                    };
+                    r.error(&to_path, why);
+                    continue;
+                };
+                let mut t = t.clone();
+                if let Some((w, key)) = weighted {
                     if !(w.is_finite() && w > 0.0) {
                         r.error(
-                            &path.replace(".to", ".weight"),
+                            &format!("{path}.weight"),
                             "a weight must be a positive number",
                         );
                     }
                     weights.push(w);
+                    if let Some(key) = key {
+                        match providers[t.provider]
+                            .keys
+                            .iter()
+                            .position(|k| k.name.as_deref() == Some(key))
+                        {
+                            Some(k) => t.key = Some(k),
+                            None => r.error(
+                                &format!("{path}.key"),
+                                format!(
+                                    "provider `{}` has no key named `{key}`",
+                                    providers[t.provider].name
+                                ),
+                            ),
+                        }
+                    }
                 }
+                targets.push(t);
             }
-            if r.errors.len() == errors_before {
-                let route = make_route(targets, weights, rule.targets.len());
-                routes.insert(rule.model.clone(), route);
+            // A rule wholly covered by one tried before it can never match.
+            let shadow = compiled
+                .iter()
+                .filter(|_| sound)
+                .find(|(p, _, earlier)| {
+                    earlier.sound && *p >= rule.priority && earlier.matcher.covers(&matcher)
+                })
+                .map(|(_, j, _)| *j);
+            if let Some(j) = shadow {
+                r.error(
+                    &format!("{base}.match"),
+                    format!(
+                        "can never match: rules[{j}] (`{}`) takes every request it would",
+                        rules[j].name
+                    ),
+                );
             }
+            let route = make_route(
+                Some(rule.name.clone()),
+                targets,
+                weights,
+                rule.targets.len(),
+            );
+            compiled.push((
+                rule.priority,
+                i,
+                Rule {
+                    matcher,
+                    route,
+                    sound,
+                },
+            ));
         }
         if r.errors.len() > errors_before {
             return None;
         }
+        compiled.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
 
-        let mut names: Vec<(&String, String)> = Vec::new();
+        let mut listed: Vec<(&String, String)> = Vec::new();
         for m in &gw.models {
             let owner = m.id.split('/').next().unwrap_or_default().to_string();
-            names.extend(
+            listed.extend(
                 std::iter::once(&m.id)
                     .chain(&m.aliases)
                     .map(|n| (n, owner.clone())),
             );
         }
         for rule in rules {
-            if !names.iter().any(|(n, _)| *n == &rule.model) {
-                names.push((&rule.model, "tollgate".to_string()));
+            for model in rule
+                .matches
+                .model
+                .iter()
+                .filter(|m| !m.contains(['*', '?']))
+            {
+                if !listed.iter().any(|(n, _)| *n == model) {
+                    listed.push((model, "tollgate".to_string()));
+                }
             }
         }
-        let data: Vec<_> = names
+        let data: Vec<_> = listed
             .iter()
             .map(
                 |(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}),
@@ -227,7 +539,8 @@ impl Router {
             .collect();
         let models_json = Bytes::from(json!({"object": "list", "data": data}).to_string());
         Some(Router {
-            routes,
+            rules: compiled.into_iter().map(|(_, _, r)| r).collect(),
+            catalog,
             models_json,
         })
     }
@@ -249,11 +562,13 @@ providers:
   sim:
     kind: openai
     base_url: http://127.0.0.1:8089/v1
+    keys: [{key: a, name: first}, {key: b, name: second}]
 models:
   - id: openai/gpt-4o-mini
     aliases: [gpt-4o-mini]
   - id: sim/gpt-4o-mini
   - id: sim/small
+  - id: sim/big
 ";
 
     fn router(rules: &str) -> Result<Router, Vec<String>> {
@@ -270,36 +585,135 @@ models:
             .ok_or_else(|| r.errors.iter().map(|e| e.to_string()).collect())
     }
 
+    fn facts<'a>(model: &'a str, headers: &'a HeaderMap) -> Facts<'a> {
+        Facts {
+            model,
+            endpoint: Endpoint::Chat,
+            headers,
+            key: None,
+            team: None,
+            customer: None,
+            budget_used_percent: None,
+        }
+    }
+
+    fn chosen(r: &Router, f: &Facts) -> Option<String> {
+        r.route(f)
+            .map(|route| route.targets[route.plan(0.0)[0]].id.clone())
+    }
+
     #[test]
-    fn aliases_and_ids_route_directly() {
+    fn globs() {
+        assert!(glob("gpt-4o*", "gpt-4o-mini"));
+        assert!(glob("*mini", "gpt-4o-mini"));
+        assert!(glob("g?t-*", "gpt-4"));
+        assert!(glob("*", ""));
+        assert!(!glob("gpt-4o", "gpt-4o-mini"));
+        assert!(!glob("claude-*", "gpt-4o"));
+        assert!(glob("a*b*c", "aXXbYYc"));
+        assert!(!glob("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn aliases_and_ids_route_directly_without_rules() {
         let r = router("rules: []\n").unwrap();
-        let sim = r.lookup("sim/small").unwrap();
-        assert_eq!(sim.plan(0.5), vec![0]);
-        assert_eq!(sim.targets[0].model, "small");
-        let alias = r.lookup("gpt-4o-mini").unwrap();
+        let h = HeaderMap::new();
+        assert_eq!(
+            chosen(&r, &facts("sim/small", &h)).as_deref(),
+            Some("sim/small")
+        );
+        let alias = r.route(&facts("gpt-4o-mini", &h)).unwrap();
         assert!(alias.plan(0.5).is_empty(), "openai has no key set");
         assert_eq!(
             alias.unavailable,
             vec!["openai/gpt-4o-mini (set TG_TEST_NEVER_SET)".to_string()]
         );
-        assert!(r.lookup("nope").is_none());
+        assert!(r.route(&facts("nope", &h)).is_none());
+    }
+
+    const RULES: &str = "\
+rules:
+  - name: premium
+    priority: 10
+    match: {model: 'gpt-4o*', tier: premium}
+    targets: [{to: sim/big}]
+  - name: header-split
+    priority: 5
+    match: {model: 'gpt-4o*', headers: {x-team: 'research-*'}}
+    targets: [{to: sim/small, weight: 3}, {to: sim/gpt-4o-mini}]
+    fallback: [sim/big]
+  - name: embeddings
+    match: {type: embeddings}
+    targets: [{to: sim/small}]
+  - name: mini
+    match: {model: gpt-4o-mini}
+    targets: [{to: openai/gpt-4o-mini}, {to: sim/gpt-4o-mini, key: second}]
+";
+
+    #[test]
+    fn first_matching_rule_by_priority_wins() {
+        let r = router(RULES).unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(
+            chosen(&r, &facts("gpt-4o-mini", &h)).as_deref(),
+            Some("sim/gpt-4o-mini")
+        );
+        h.insert("x-team", "research-nlp".parse().unwrap());
+        assert_eq!(
+            chosen(&r, &facts("gpt-4o-mini", &h)).as_deref(),
+            Some("sim/small")
+        );
+        h.insert("x-tollgate-tier", "premium".parse().unwrap());
+        assert_eq!(
+            chosen(&r, &facts("gpt-4o-mini", &h)).as_deref(),
+            Some("sim/big")
+        );
+        let h = HeaderMap::new();
+        let mut f = facts("anything", &h);
+        f.endpoint = Endpoint::Embeddings;
+        assert_eq!(chosen(&r, &f).as_deref(), Some("sim/small"));
+        assert_eq!(
+            r.route(&facts("gpt-4o-mini", &h)).unwrap().rule.as_deref(),
+            Some("mini")
+        );
     }
 
     #[test]
-    fn rules_give_weighted_targets_then_fallback() {
+    fn weighted_targets_then_fallback_and_pinned_keys() {
+        let r = router(RULES).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-team", "research-x".parse().unwrap());
+        let route = r.route(&facts("gpt-4o", &h)).unwrap();
+        assert_eq!(route.plan(0.70), vec![0, 1, 2]);
+        assert_eq!(route.plan(0.80), vec![1, 0, 2]);
+        let h = HeaderMap::new();
+        let mini = r.route(&facts("gpt-4o-mini", &h)).unwrap();
+        assert_eq!(mini.plan(0.1), vec![1], "openai is unavailable");
+        assert_eq!(mini.targets[1].key, Some(1));
+    }
+
+    #[test]
+    fn governance_hooks_match_when_set() {
         let r = router(
-            "rules:\n  - model: gpt-4o-mini\n    targets:\n      - to: openai/gpt-4o-mini\n      - to: sim/small\n        weight: 3\n    fallback: [sim/gpt-4o-mini]\n  - model: mix\n    targets:\n      - {to: sim/small, weight: 1}\n      - {to: sim/gpt-4o-mini, weight: 1}\n",
+            "rules:\n  - name: cheap\n    match: {team: ml, budget_used_percent: '>= 80'}\n    targets: [{to: sim/small}]\n",
         )
         .unwrap();
-        let route = r.lookup("gpt-4o-mini").unwrap();
-        assert_eq!(
-            route.plan(0.99),
-            vec![1, 2],
-            "the unavailable openai target is skipped"
-        );
-        let mix = r.lookup("mix").unwrap();
-        assert_eq!(mix.plan(0.25), vec![0, 1]);
-        assert_eq!(mix.plan(0.75), vec![1, 0]);
+        let h = HeaderMap::new();
+        let mut f = facts("sim/big", &h);
+        assert_eq!(chosen(&r, &f).as_deref(), Some("sim/big"));
+        f.team = Some("ml");
+        f.budget_used_percent = Some(79.9);
+        assert_eq!(chosen(&r, &f).as_deref(), Some("sim/big"));
+        f.budget_used_percent = Some(80.0);
+        assert_eq!(chosen(&r, &f).as_deref(), Some("sim/small"));
+    }
+
+    #[test]
+    fn models_list_has_catalog_and_literal_rule_models() {
+        let r = router(
+            "rules:\n  - name: a\n    match: {model: [my-model, 'wild*']}\n    targets: [{to: sim/small}]\n",
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&r.models_json).unwrap();
         let ids: Vec<&str> = v["data"]
             .as_array()
@@ -314,7 +728,8 @@ models:
                 "gpt-4o-mini",
                 "sim/gpt-4o-mini",
                 "sim/small",
-                "mix"
+                "sim/big",
+                "my-model"
             ]
         );
     }
@@ -322,14 +737,70 @@ models:
     #[test]
     fn bad_rules_are_reported() {
         let e = router(
-            "rules:\n  - model: a\n    targets:\n      - to: nowhere/x\n      - to: sim/unknown\n        weight: 0\n  - model: a\n    targets: []\n",
+            "rules:
+  - name: a
+    match: {type: images, budget_used_percent: 'lots', headers: {'bad header': x}}
+    targets:
+      - to: nowhere/x
+      - to: sim/unknown
+      - {to: sim/small, weight: 0, key: third}
+  - name: a
+    targets: []
+  - name: never
+    match: {budget_used_percent: '< 0'}
+    targets: [{to: sim/small}]
+",
         )
         .unwrap_err();
-        assert_eq!(e.len(), 5, "{e:?}");
-        assert!(e[0].contains("unknown provider `nowhere`"));
-        assert!(e[1].contains("not a model id"));
-        assert!(e[2].contains("rules[0].targets[1].weight"));
-        assert!(e[3].contains("already has a rule"));
-        assert!(e[4].contains("at least one target"));
+        let expect = [
+            "rules[0].match.type: unknown request type `images`",
+            "rules[0].match.headers.bad header",
+            "rules[0].match.budget_used_percent: `lots` must be a comparison",
+            "rules[0].targets[0].to: unknown provider `nowhere`",
+            "rules[0].targets[1].to: `sim/unknown` is not a model id",
+            "rules[0].targets[2].weight: a weight must be a positive number",
+            "rules[0].targets[2].key: provider `sim` has no key named `third`",
+            "rules[1].name: `a` is already the name",
+            "rules[1].targets: a rule needs at least one target",
+            "rules[2].match.budget_used_percent: `< 0` can never hold",
+        ];
+        assert_eq!(e.len(), expect.len(), "{e:#?}");
+        for (got, want) in e.iter().zip(expect) {
+            assert!(got.contains(want), "{got} does not say {want}");
+        }
+    }
+
+    #[test]
+    fn shadowed_rules_are_reported() {
+        let e = router(
+            "rules:
+  - name: all-chat
+    priority: 5
+    match: {type: chat}
+    targets: [{to: sim/small}]
+  - name: mini-chat
+    match: {model: gpt-4o-mini, type: chat}
+    targets: [{to: sim/big}]
+  - name: everything
+    targets: [{to: sim/big}]
+  - name: after-everything
+    match: {model: 'x*'}
+    targets: [{to: sim/big}]
+",
+        )
+        .unwrap_err();
+        assert_eq!(e.len(), 2, "{e:#?}");
+        assert!(
+            e[0].contains("rules[1].match: can never match: rules[0] (`all-chat`)"),
+            "{}",
+            e[0]
+        );
+        assert!(
+            e[1].contains("rules[3].match: can never match: rules[2] (`everything`)"),
+            "{}",
+            e[1]
+        );
+        // A narrower rule with a higher priority is fine.
+        router("rules:\n  - name: narrow\n    priority: 9\n    match: {model: a}\n    targets: [{to: sim/big}]\n  - name: wide\n    targets: [{to: sim/small}]\n").unwrap();
     }
 }

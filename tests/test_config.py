@@ -80,12 +80,12 @@ def test_check_reports_rule_errors(tmp_path):
         "listen: 127.0.0.1:8080\nproviders:\n  sim:\n    kind: openai\n    base_url: http://127.0.0.1:1/v1\nmodels:\n  - id: sim/a\n"
     )
     (tmp_path / "rules.yaml").write_text(
-        "rules:\n  - model: x\n    targets:\n      - to: sim/a\n        weight: -1\n      - to: sim/zzz\n"
+        "rules:\n  - name: r1\n    match: {model: x}\n    targets:\n      - to: sim/a\n        weight: -1\n      - to: sim/zzz\n"
     )
     r = check(tmp_path / "gateway.yaml")
     assert r.returncode == 1
-    assert "rules.yaml:5: rules[0].targets[0].weight: a weight must be a positive number" in r.stdout, r.stdout
-    assert "rules.yaml:6: rules[0].targets[1].to: `sim/zzz` is not a model id" in r.stdout, r.stdout
+    assert "rules.yaml:6: rules[0].targets[0].weight: a weight must be a positive number" in r.stdout, r.stdout
+    assert "rules.yaml:7: rules[0].targets[1].to: `sim/zzz` is not a model id" in r.stdout, r.stdout
 
 
 def ask(gw, model="routed") -> requests.Response:
@@ -109,14 +109,14 @@ def wait_for(pred, timeout=5.0):
 
 
 def test_hot_reload_on_file_change_and_refusal_of_a_bad_file(make_gateway, sim):
-    gw = make_gateway(models=TWO_MODELS, rules="rules:\n  - model: routed\n    targets: [{to: sim/alpha}]\n")
+    gw = make_gateway(models=TWO_MODELS, rules="rules:\n  - name: r1\n    match: {model: routed}\n    targets: [{to: sim/alpha}]\n")
     assert ask(gw).headers["x-tollgate-model"] == "sim/alpha"
-    gw.write_rules("rules:\n  - model: routed\n    targets: [{to: sim/beta}]\n")
+    gw.write_rules("rules:\n  - name: r1\n    match: {model: routed}\n    targets: [{to: sim/beta}]\n")
     assert wait_for(lambda: ask(gw).headers.get("x-tollgate-model") == "sim/beta")
     assert sim.requests()[-1]["body"]["model"] == "beta"
 
     # An invalid file is refused and logged; the old rules keep serving.
-    gw.write_rules("rules:\n  - model: routed\n    targets: [{to: sim/nowhere}]\n")
+    gw.write_rules("rules:\n  - name: r1\n    match: {model: routed}\n    targets: [{to: sim/nowhere}]\n")
     assert wait_for(lambda: "rules reload refused" in gw.stderr())
     assert "rules[0].targets[0].to" in gw.stderr()
     assert ask(gw).headers["x-tollgate-model"] == "sim/beta"
@@ -130,9 +130,9 @@ def test_hot_reload_on_file_change_and_refusal_of_a_bad_file(make_gateway, sim):
 
 
 def test_sighup_reloads(make_gateway):
-    gw = make_gateway(models=TWO_MODELS, rules="rules:\n  - model: routed\n    targets: [{to: sim/alpha}]\n")
+    gw = make_gateway(models=TWO_MODELS, rules="rules:\n  - name: r1\n    match: {model: routed}\n    targets: [{to: sim/alpha}]\n")
     # Rewrite keeping size and restoring mtime is not needed: SIGHUP reloads regardless.
-    gw.rules.write_text("rules:\n  - model: routed\n    targets: [{to: sim/beta}]\n")
+    gw.rules.write_text("rules:\n  - name: r1\n    match: {model: routed}\n    targets: [{to: sim/beta}]\n")
     gw.proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: ask(gw).headers.get("x-tollgate-model") == "sim/beta")
     assert "SIGHUP" in gw.stderr()
@@ -140,7 +140,7 @@ def test_sighup_reloads(make_gateway):
 
 
 def test_in_flight_requests_finish_on_their_config_during_reload(make_gateway):
-    gw = make_gateway(models=TWO_MODELS, rules="rules:\n  - model: routed\n    targets: [{to: sim/alpha}]\n")
+    gw = make_gateway(models=TWO_MODELS, rules="rules:\n  - name: r1\n    match: {model: routed}\n    targets: [{to: sim/alpha}]\n")
     results = []
 
     def slow():
@@ -155,7 +155,7 @@ def test_in_flight_requests_finish_on_their_config_during_reload(make_gateway):
     t = threading.Thread(target=slow)
     t.start()
     time.sleep(0.2)
-    gw.write_rules("rules:\n  - model: routed\n    targets: [{to: sim/beta}]\n")
+    gw.write_rules("rules:\n  - name: r1\n    match: {model: routed}\n    targets: [{to: sim/beta}]\n")
     t.join()
     assert results[0].status_code == 200
     assert results[0].headers["x-tollgate-model"] == "sim/alpha"

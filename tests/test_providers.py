@@ -75,7 +75,7 @@ def test_missing_key_falls_back_and_unavailable_route_is_503(make_gateway, sim):
     base_url: {sim.url}/v1
 """,
         models="models:\n  - id: paid/gpt-4o-mini\n    aliases: [only-paid]\n  - id: sim/gpt-4o-mini\n",
-        rules="rules:\n  - model: gpt-4o-mini\n    targets: [{to: paid/gpt-4o-mini}]\n    fallback: [sim/gpt-4o-mini]\n",
+        rules="rules:\n  - name: r1\n    match: {model: gpt-4o-mini}\n    targets: [{to: paid/gpt-4o-mini}]\n    fallback: [sim/gpt-4o-mini]\n",
     )
     r = chat(gw)
     assert r.status_code == 200 and r.headers["x-tollgate-provider"] == "sim"

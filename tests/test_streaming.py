@@ -96,7 +96,7 @@ def test_prompt_through_a_retry(make_gateway, sim, size):
     base_url: {sim.url}/v1
 """,
         models="models:\n  - id: dead/gpt-4o-mini\n  - id: sim/gpt-4o-mini\n",
-        rules="rules:\n  - model: gpt-4o-mini\n    targets: [{to: dead/gpt-4o-mini}]\n    fallback: [sim/gpt-4o-mini]\n",
+        rules="rules:\n  - name: r1\n    match: {model: gpt-4o-mini}\n    targets: [{to: dead/gpt-4o-mini}]\n    fallback: [sim/gpt-4o-mini]\n",
     )
     prompt = "word " * (size // 5)
     for stream in (False, True):

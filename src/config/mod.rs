@@ -142,6 +142,9 @@ pub enum ProviderKind {
 pub struct KeySpec {
     /// `env:VAR` (read at start), or a literal key.
     pub key: String,
+    /// A name for rules to pin a target to this key.
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default = "one")]
     pub weight: f64,
 }
@@ -540,12 +543,70 @@ struct RulesTop {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
-    /// The model name a client asks for: an alias, a catalog id, or a new name.
-    pub model: String,
+    pub name: String,
+    /// Rules are tried from the highest priority down; equal priorities in file order.
+    #[serde(default)]
+    pub priority: i64,
+    #[serde(default, rename = "match")]
+    pub matches: MatchSpec,
     pub targets: Vec<TargetSpec>,
-    /// Tried in order when the weighted targets are unavailable or fail to connect.
+    /// Catalog ids tried in order after the weighted targets.
     #[serde(default)]
     pub fallback: Vec<String>,
+}
+
+/// What a rule matches. Every condition given must hold; a list matches any of its values; `*`
+/// and `?` are wildcards in names and header values.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    /// The model name the client asked for.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub model: Vec<String>,
+    /// `chat`, `completions` or `embeddings`.
+    #[serde(default, rename = "type", deserialize_with = "one_or_many")]
+    pub kind: Vec<String>,
+    /// Header name to value pattern.
+    #[serde(default)]
+    pub headers: IndexMap<String, String>,
+    /// The `x-tollgate-tier` header.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub tier: Vec<String>,
+    /// The virtual key, team and customer (set by governance).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub key: Vec<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub team: Vec<String>,
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub customer: Vec<String>,
+    /// A comparison such as `>= 80` on the highest budget use across the request's levels.
+    #[serde(default)]
+    pub budget_used_percent: Option<String>,
+}
+
+/// A string or a list of strings.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string or a list of strings")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<String>, E> {
+            Ok(vec![v.to_string()])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element::<String>()? {
+                out.push(v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -555,6 +616,9 @@ pub struct TargetSpec {
     pub to: String,
     #[serde(default = "one")]
     pub weight: f64,
+    /// Use only this key of the provider (a key's `name`).
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// Where the rules file of `gateway` is, read leniently from a config that may be invalid.
@@ -712,13 +776,15 @@ models:
     fn rules_parse_and_report() {
         let ok = parse_rules(
             Path::new("r.yaml"),
-            "rules:\n  - model: m\n    targets:\n      - to: a/m\n",
+            "rules:\n  - name: m\n    match: {model: [m, 'n*'], type: chat}\n    targets:\n      - to: a/m\n",
         )
         .unwrap();
+        assert_eq!(ok[0].matches.model, ["m", "n*"]);
+        assert_eq!(ok[0].matches.kind, ["chat"]);
         assert_eq!(ok[0].targets[0].weight, 1.0);
         let e = parse_rules(
             Path::new("r.yaml"),
-            "rules:\n  - model: m\n    targets:\n      - to: a/m\n        weight: x\n",
+            "rules:\n  - name: m\n    targets:\n      - to: a/m\n        weight: x\n",
         )
         .unwrap_err();
         assert_eq!(e[0].path, "rules[0].targets[0].weight");

@@ -74,6 +74,7 @@ impl BaseUrl {
 pub struct Key {
     pub header: HeaderValue,
     pub weight: f64,
+    pub name: Option<String>,
 }
 
 /// A configured provider, resolved: address looked up, keys read from the environment.
@@ -125,6 +126,7 @@ impl Provider {
             keys.push(Key {
                 header,
                 weight: k.weight,
+                name: k.name.clone(),
             });
         }
         let host_header = HeaderValue::from_str(&base.authority()).map_err(|e| e.to_string())?;
@@ -223,6 +225,7 @@ mod tests {
                     .map(|(k, w)| KeySpec {
                         key: k.to_string(),
                         weight: *w,
+                        name: None,
                     })
                     .collect(),
                 api_version: Some("2024-10-21".into()),

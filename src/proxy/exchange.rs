@@ -93,11 +93,11 @@ impl Exchange {
     pub fn next_attempt(&mut self) -> bool {
         self.response_started = false;
         self.mode = ResponseBody::Pass;
-        while let Some((_, p)) = self.target() {
-            let pick = if p.keys.is_empty() {
-                (self.tried_keys == 0).then_some(0)
-            } else {
-                p.pick_key(self.tried_keys, rand::random::<f64>())
+        while let Some((t, p)) = self.target() {
+            let pick = match t.key {
+                _ if p.keys.is_empty() => (self.tried_keys == 0).then_some(0),
+                Some(pinned) => (self.tried_keys & (1 << pinned) == 0).then_some(pinned),
+                None => p.pick_key(self.tried_keys, rand::random::<f64>()),
             };
             let has_keys = !p.keys.is_empty();
             if let Some(k) = pick {

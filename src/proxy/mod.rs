@@ -18,7 +18,7 @@ use crate::api::{ClientRequest, Endpoint};
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
 use crate::providers::Provider;
-use crate::routing::Router;
+use crate::routing::{Facts, Router};
 use crate::sse::SseFilter;
 use crate::telemetry::{AccessLog, Record, Usage};
 use arc_swap::ArcSwap;
@@ -276,7 +276,16 @@ impl Gateway {
         drop(body);
         ctx.model = Some(request.model.clone());
         ctx.stream = request.stream;
-        let Some(route) = live.router.lookup(&request.model).cloned() else {
+        let facts = Facts {
+            model: &request.model,
+            endpoint,
+            headers: &session.req_header().headers,
+            key: None,
+            team: None,
+            customer: None,
+            budget_used_percent: None,
+        };
+        let Some(route) = live.router.route(&facts).cloned() else {
             return Ok(Err(ApiError::model_not_found(&request.model)));
         };
         let plan = route.plan(rand::random::<f64>());
