@@ -118,7 +118,7 @@ def test_unreachable_upstream_is_502_json(make_gateway, sim):
     status, _, body = post(gw.url + "/v1/chat/completions", '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}]}')
     assert status == 502
     assert_error(body, "upstream_unavailable")
-    assert "1 attempt" in body["error"]["message"]
+    assert "2 attempts failed" in body["error"]["message"], "retried once with backoff, then given up"
 
 
 def test_reset_upstream_is_502_json(gateway):

@@ -194,6 +194,7 @@ struct Top {
     rules: Option<String>,
     limits: Option<LimitsSpec>,
     timeouts: Option<TimeoutSpec>,
+    retry: Option<RetryPolicy>,
     shutdown_grace_secs: Option<u64>,
     simulator: Option<SimulatorSpec>,
     access_log: Option<String>,
@@ -220,6 +221,7 @@ impl Top {
                 "rules" => top.rules = r.de(key, v),
                 "limits" => top.limits = r.de(key, v),
                 "timeouts" => top.timeouts = r.de(key, v),
+                "retry" => top.retry = r.de(key, v),
                 "shutdown_grace_secs" => top.shutdown_grace_secs = r.de(key, v),
                 "simulator" => top.simulator = r.de(key, v),
                 "access_log" => top.access_log = r.de(key, v),
@@ -301,6 +303,34 @@ const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
     write: Duration::from_secs(30),
 };
 
+/// How failures are retried, and when a failing target is skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Tries of one target on connect errors, timeouts and 5xx before the next target.
+    pub attempts_per_target: u32,
+    /// The first backoff; it doubles on each retry, with full jitter, up to 2 s.
+    pub backoff_ms: u64,
+    /// Consecutive failures that open a provider's circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit skips the provider before one request probes it.
+    pub breaker_cooldown_ms: u64,
+    /// How long a key that answered 401 or 403 is left out.
+    pub bad_key_cooldown_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts_per_target: 2,
+            backoff_ms: 100,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 30_000,
+            bad_key_cooldown_ms: 300_000,
+        }
+    }
+}
+
 /// A provider as configured: the raw spec plus its resolved timeouts.
 #[derive(Debug, Clone)]
 pub struct ProviderConfig {
@@ -321,6 +351,7 @@ pub struct GatewayConfig {
     pub access_log: Option<PathBuf>,
     /// Worker threads for the proxy; the number of cores when absent.
     pub threads: Option<usize>,
+    pub retry: RetryPolicy,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelSpec>,
 }
@@ -363,6 +394,14 @@ impl GatewayConfig {
             r.error("shutdown_grace_secs", "must be at most 3600");
         }
         check_timeouts(&mut r, "timeouts", top.timeouts.as_ref());
+        if let Some(retry) = top.retry {
+            if retry.attempts_per_target == 0 || retry.attempts_per_target > 10 {
+                r.error("retry.attempts_per_target", "must be from 1 to 10");
+            }
+            if retry.breaker_failures == 0 {
+                r.error("retry.breaker_failures", "must be at least 1");
+            }
+        }
         let timeouts = DEFAULT_TIMEOUTS.merged(top.timeouts.as_ref());
 
         let mut providers = Vec::new();
@@ -449,6 +488,7 @@ impl GatewayConfig {
             simulator,
             access_log: top.access_log.map(|p| dir.join(p)),
             threads: top.threads,
+            retry: top.retry.unwrap_or_default(),
             providers,
             models,
         })

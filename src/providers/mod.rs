@@ -2,7 +2,9 @@
 //! its keys and timeouts. Each dialect lives in its own file and says how a request is addressed
 //! and authenticated there.
 
+pub mod anthropic;
 mod azure;
+pub mod health;
 mod openai;
 
 use crate::api::Endpoint;
@@ -75,6 +77,8 @@ pub struct Key {
     pub header: HeaderValue,
     pub weight: f64,
     pub name: Option<String>,
+    /// Set after a 429 (for its Retry-After) or a 401/403.
+    pub cooldown: health::Cooldown,
 }
 
 /// A configured provider, resolved: address looked up, keys read from the environment.
@@ -92,6 +96,7 @@ pub struct Provider {
     pub timeouts: Timeouts,
     pub api_version: Option<String>,
     pub deployments: indexmap::IndexMap<String, String>,
+    pub breaker: health::Breaker,
 }
 
 impl Provider {
@@ -127,6 +132,7 @@ impl Provider {
                 header,
                 weight: k.weight,
                 name: k.name.clone(),
+                cooldown: health::Cooldown::default(),
             });
         }
         let host_header = HeaderValue::from_str(&base.authority()).map_err(|e| e.to_string())?;
@@ -153,6 +159,7 @@ impl Provider {
             timeouts: cfg.timeouts,
             api_version: spec.api_version.clone(),
             deployments: spec.deployments.clone(),
+            breaker: health::Breaker::default(),
             base,
         })
     }
@@ -177,9 +184,10 @@ impl Provider {
         }
     }
 
-    /// Picks a key by weight among those not yet tried (bit i of `tried` set means key i was).
-    pub fn pick_key(&self, tried: u64, roll: f64) -> Option<usize> {
-        let open = |i: &usize| *i >= 64 || tried & (1 << i) == 0;
+    /// Picks a key by weight among those not yet tried (bit i of `tried` set means key i was)
+    /// and not cooling down at `now` (a `health::now_ms` time).
+    pub fn pick_key(&self, tried: u64, roll: f64, now: u64) -> Option<usize> {
+        let open = |i: &usize| tried & (1 << i) == 0 && self.keys[*i].cooldown.ready(now);
         let total: f64 = (0..self.keys.len())
             .filter(open)
             .map(|i| self.keys[i].weight)
@@ -292,13 +300,13 @@ mod tests {
     #[test]
     fn weighted_key_pick_skips_tried_keys() {
         let p = provider(ProviderKind::Openai, &[("a", 1.0), ("b", 3.0)]);
-        assert_eq!(p.pick_key(0, 0.1), Some(0));
-        assert_eq!(p.pick_key(0, 0.5), Some(1));
-        assert_eq!(p.pick_key(0b10, 0.9), Some(0));
-        assert_eq!(p.pick_key(0b11, 0.5), None);
+        assert_eq!(p.pick_key(0, 0.1, 1), Some(0));
+        assert_eq!(p.pick_key(0, 0.5, 1), Some(1));
+        assert_eq!(p.pick_key(0b10, 0.9, 1), Some(0));
+        assert_eq!(p.pick_key(0b11, 0.5, 1), None);
         let mut counts = [0u32; 2];
         for i in 0..1000 {
-            counts[p.pick_key(0, (i as f64 + 0.5) / 1000.0).unwrap()] += 1;
+            counts[p.pick_key(0, (i as f64 + 0.5) / 1000.0, 1).unwrap()] += 1;
         }
         assert_eq!(counts, [250, 750]);
     }

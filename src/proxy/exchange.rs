@@ -1,7 +1,10 @@
-//! The upstream exchange: one client request's way through its targets, and what it learned.
+//! The upstream exchange: one client request's way through its targets, what each attempt met,
+//! and what the request learned for its access-log line.
 
 use super::Live;
 use crate::api::ClientRequest;
+use crate::config::RetryPolicy;
+use crate::providers::health::now_ms;
 use crate::providers::Provider;
 use crate::routing::{Route, Target};
 use crate::sse::SseFilter;
@@ -34,6 +37,20 @@ pub enum ResponseBody {
     Pass,
 }
 
+/// Why an attempt failed, which decides what is tried next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Connect error, timeout, reset, 5xx or a non-JSON error: retry the target with backoff,
+    /// then the next target.
+    Transient,
+    /// 429: the key cools down; the next key or target at once.
+    RateLimited,
+    /// 401 or 403: the key is left out; the next key or target at once.
+    KeyRejected,
+}
+
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 pub struct Exchange {
     pub live: Arc<Live>,
     pub route: Arc<Route>,
@@ -44,14 +61,25 @@ pub struct Exchange {
     pos: usize,
     /// Bit i set: key i of the current target was tried.
     tried_keys: u64,
+    tries_on_target: u32,
     pub key: Option<usize>,
+    /// Waited before the next attempt.
+    pub backoff: Option<Duration>,
     /// The upstream body, serialized for `body_model`.
     pub body: Bytes,
     body_model: String,
     pub started: Instant,
     pub response_started: bool,
-    reuse_retried: bool,
+    /// `response_filter` already recorded why this attempt failed.
+    pub failure_recorded: bool,
+    stale_retried: bool,
     pub mode: ResponseBody,
+    /// One line per failed attempt, for the error the client gets if all fail.
+    pub failures: Vec<String>,
+    /// The status the first failed attempt met (a transport failure counts as 502, or 504).
+    pub primary_status: Option<u16>,
+    /// The first failed attempt got an HTTP answer (rather than a transport failure).
+    pub primary_http: bool,
     pub outcome: Arc<Mutex<Outcome>>,
 }
 
@@ -72,15 +100,25 @@ impl Exchange {
             plan,
             pos: 0,
             tried_keys: 0,
+            tries_on_target: 0,
             key: None,
+            backoff: None,
             body: Bytes::new(),
             body_model: String::new(),
             started,
             response_started: false,
-            reuse_retried: false,
+            failure_recorded: false,
+            stale_retried: false,
             mode: ResponseBody::Pass,
+            failures: Vec::new(),
+            primary_status: None,
+            primary_http: false,
             outcome: Arc::default(),
         }
+    }
+
+    fn policy(&self) -> RetryPolicy {
+        self.live.gateway.retry
     }
 
     pub fn target(&self) -> Option<(&Target, &Arc<Provider>)> {
@@ -88,16 +126,35 @@ impl Exchange {
         Some((t, self.live.providers.get(t.provider)?))
     }
 
-    /// Moves to the next untried key of the current target, or to the next target; resets the
-    /// per-attempt state. False when nothing is left to try.
+    /// Moves to the next usable key of the current target, or to the next target whose circuit
+    /// is closed. The last target is tried even with its circuit open, rather than none.
+    /// Resets the per-attempt state; false when nothing is left to try.
     pub fn next_attempt(&mut self) -> bool {
         self.response_started = false;
+        self.failure_recorded = false;
         self.mode = ResponseBody::Pass;
+        let now = now_ms();
+        let policy = self.policy();
         while let Some((t, p)) = self.target() {
+            let fresh = self.tried_keys == 0 && self.tries_on_target == 0;
+            let last = self.pos + 1 >= self.plan.len();
+            if fresh
+                && !last
+                && !p
+                    .breaker
+                    .allows(now, policy.breaker_failures, policy.breaker_cooldown_ms)
+            {
+                self.failures
+                    .push(format!("{}: skipped, circuit open", t.id));
+                self.skip_target();
+                continue;
+            }
             let pick = match t.key {
                 _ if p.keys.is_empty() => (self.tried_keys == 0).then_some(0),
-                Some(pinned) => (self.tried_keys & (1 << pinned) == 0).then_some(pinned),
-                None => p.pick_key(self.tried_keys, rand::random::<f64>()),
+                Some(pinned) => (self.tried_keys & (1 << pinned) == 0
+                    && p.keys[pinned].cooldown.ready(now))
+                .then_some(pinned),
+                None => p.pick_key(self.tried_keys, rand::random::<f64>(), now),
             };
             let has_keys = !p.keys.is_empty();
             if let Some(k) = pick {
@@ -110,23 +167,89 @@ impl Exchange {
         false
     }
 
-    pub fn skip_target(&mut self) {
+    fn skip_target(&mut self) {
         self.pos += 1;
         self.tried_keys = 0;
+        self.tries_on_target = 0;
     }
 
-    pub fn has_next_target(&self) -> bool {
-        self.pos + 1 < self.plan.len()
+    /// Records a failed attempt and decides whether another one follows.
+    pub fn failed(
+        &mut self,
+        failure: Failure,
+        status: u16,
+        http: bool,
+        what: &str,
+        retry_after: Option<Duration>,
+    ) -> bool {
+        let now = now_ms();
+        let policy = self.policy();
+        if self.primary_status.is_none() {
+            self.primary_status = Some(status);
+            self.primary_http = http;
+        }
+        let Some((t, p)) = self.target() else {
+            return false;
+        };
+        let p = p.clone();
+        let key_name = self
+            .key
+            .map(|k| match p.keys.get(k).and_then(|k| k.name.as_deref()) {
+                Some(name) => format!(" (key {name})"),
+                None => format!(" (key {k})"),
+            });
+        let line = format!("{}{}: {what}", t.id, key_name.unwrap_or_default());
+        self.failures.push(line);
+        let key = self.key.and_then(|k| p.keys.get(k));
+        match failure {
+            Failure::RateLimited => {
+                let wait = retry_after.unwrap_or(Duration::from_secs(1));
+                if let Some(k) = key {
+                    k.cooldown.until(now + wait.as_millis() as u64);
+                }
+                true
+            }
+            Failure::KeyRejected => {
+                if let Some(k) = key {
+                    k.cooldown.until(now + policy.bad_key_cooldown_ms);
+                }
+                true
+            }
+            Failure::Transient => {
+                p.breaker
+                    .failure(now, policy.breaker_failures, policy.breaker_cooldown_ms);
+                self.tries_on_target += 1;
+                if self.tries_on_target < policy.attempts_per_target {
+                    // The same target again, after a backoff; any of its keys.
+                    let exp = policy
+                        .backoff_ms
+                        .saturating_mul(1 << (self.tries_on_target - 1).min(16));
+                    let cap = Duration::from_millis(exp).min(MAX_BACKOFF);
+                    self.backoff = Some(cap.mul_f64(rand::random::<f64>()));
+                    self.tried_keys = 0;
+                } else {
+                    self.skip_target();
+                }
+                true
+            }
+        }
     }
 
-    /// A pooled connection the upstream had closed: the same target may be tried once more.
-    pub fn retry_same_once(&mut self) -> bool {
-        if self.reuse_retried {
+    /// A pooled connection the upstream had closed: the same target once more, at once (once
+    /// per request).
+    pub fn retry_stale_connection(&mut self) -> bool {
+        if std::mem::replace(&mut self.stale_retried, true) {
             return false;
         }
-        self.reuse_retried = true;
         self.tried_keys = 0;
         true
+    }
+
+    /// The upstream answered: its circuit closes.
+    pub fn answered(&self) {
+        if let Some((_, p)) = self.target() {
+            p.breaker.success();
+        }
     }
 
     /// The body for the current target, re-serialized only when its model name differs.

@@ -24,7 +24,7 @@ use crate::telemetry::{AccessLog, Record, Usage};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use exchange::{lock, Exchange, Outcome, ResponseBody};
+use exchange::{lock, Exchange, Failure, Outcome, ResponseBody};
 use http::{header, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
@@ -153,6 +153,19 @@ fn record(ctx: &Ctx) -> Record {
         }
     }
     r
+}
+
+/// The weighted roll: random, or fixed by the `x-tollgate-session` header so that one
+/// conversation stays on one target.
+fn roll(session: &Session) -> f64 {
+    match session.req_header().headers.get("x-tollgate-session") {
+        Some(id) => {
+            use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+            let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(id.as_bytes());
+            (h >> 11) as f64 / (1u64 << 53) as f64
+        }
+        None => rand::random::<f64>(),
+    }
 }
 
 fn internal(msg: &'static str) -> Box<Error> {
@@ -288,7 +301,7 @@ impl Gateway {
         let Some(route) = live.router.route(&facts).cloned() else {
             return Ok(Err(ApiError::model_not_found(&request.model)));
         };
-        let plan = route.plan(rand::random::<f64>());
+        let plan = route.plan(roll(session));
         if plan.is_empty() {
             return Ok(Err(ApiError::new(
                 503,
@@ -427,25 +440,41 @@ async fn read_body(
     Ok(Ok(body.freeze()))
 }
 
-fn upstream_failure(e: &Error, attempts: u32) -> ApiError {
-    let (status, code) = match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            (504, "upstream_timeout")
-        }
-        ErrorType::HTTPStatus(s) if *s >= 400 => (*s, "upstream_error"),
-        _ => (502, "upstream_unavailable"),
-    };
-    let plural = if attempts == 1 { "" } else { "s" };
-    let why = match (&e.context, &e.cause) {
+/// The status a transport failure counts as.
+fn transport_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => 504,
+        ErrorType::HTTPStatus(s) => *s,
+        _ => 502,
+    }
+}
+
+/// What went wrong with `e`, in a few words.
+fn describe(e: &Error) -> String {
+    match (&e.context, &e.cause) {
         (Some(context), _) => context.as_str().to_string(),
         (None, Some(cause)) => format!("{} ({cause})", e.etype().as_str()),
         (None, None) => e.etype().as_str().to_string(),
+    }
+}
+
+/// The error for a client whose every attempt failed: the first attempt's status, and a list of
+/// what each attempt met.
+fn upstream_failure(e: &Error, ex: &Exchange) -> ApiError {
+    let status = ex.primary_status.unwrap_or_else(|| transport_status(e));
+    let code = match (status, ex.primary_http) {
+        (504, false) => "upstream_timeout",
+        (_, false) => "upstream_unavailable",
+        _ => "upstream_error",
     };
-    ApiError::upstream(
-        status,
-        code,
-        format!("The upstream failed after {attempts} attempt{plural}; the last: {why}."),
-    )
+    let message = if ex.failures.is_empty() {
+        format!("The upstream failed: {}.", describe(e))
+    } else {
+        let n = ex.failures.len();
+        let plural = if n == 1 { "" } else { "s" };
+        format!("{n} attempt{plural} failed: {}.", ex.failures.join("; "))
+    };
+    ApiError::upstream(status, code, message)
 }
 
 fn is_sse(resp: &ResponseHeader) -> bool {
@@ -506,6 +535,9 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let ex = exchange(ctx)?;
+        if let Some(wait) = ex.backoff.take() {
+            tokio::time::sleep(wait).await;
+        }
         if !ex.next_attempt() {
             return Err(Error::explain(
                 ErrorType::ConnectNoRoute,
@@ -589,10 +621,8 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         log::warn!("{}: cannot connect to {peer}: {e}", ctx.request_id);
         if let Some(ex) = ctx.exchange.as_deref_mut() {
-            // Another key on the same address would fail the same way: go to the next target.
-            let retry = ex.has_next_target();
-            ex.skip_target();
-            e.set_retry(retry);
+            let what = format!("cannot connect ({})", describe(&e));
+            e.set_retry(ex.failed(Failure::Transient, transport_status(&e), false, &what, None));
         }
         e
     }
@@ -605,7 +635,6 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        log::warn!("{}: upstream {peer} failed: {e}", ctx.request_id);
         let Some(ex) = ctx.exchange.as_deref_mut() else {
             e.set_retry(false);
             return e;
@@ -613,14 +642,25 @@ impl ProxyHttp for Gateway {
         if ex.response_started || e.esource() == &ErrorSource::Downstream {
             // Bytes may have reached the client, or the client left: never retry.
             e.set_retry(false);
-        } else if client_reused && matches!(e.retry, RetryType::ReusedOnly) && ex.retry_same_once()
+        } else if std::mem::take(&mut ex.failure_recorded) {
+            // `response_filter` refused the answer and recorded why.
+            e.set_retry(true);
+        } else if client_reused
+            && matches!(e.retry, RetryType::ReusedOnly)
+            && ex.retry_stale_connection()
         {
             // Most likely a pooled connection that the upstream had closed, so the request never
             // arrived: the same target once more, on a fresh connection.
             e.set_retry(true);
         } else {
-            let retry = ex.has_next_target();
-            ex.skip_target();
+            log::warn!("{}: upstream {peer} failed: {e}", ctx.request_id);
+            let retry = ex.failed(
+                Failure::Transient,
+                transport_status(&e),
+                false,
+                &describe(&e),
+                None,
+            );
             e.set_retry(retry);
         }
         e
@@ -641,14 +681,32 @@ impl ProxyHttp for Gateway {
             .get(header::CONTENT_TYPE)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default();
-        if status >= 400 && !content_type.contains("json") {
-            // An HTML page or plain text: not an API answer. Fail the attempt; `fail_to_proxy`
-            // answers with a JSON error carrying the upstream's status.
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(status),
-                format!("the upstream answered {status} with a non-JSON body ({content_type})"),
-            ));
+        let json = content_type.contains("json");
+        let failure = match status {
+            429 => Some(Failure::RateLimited),
+            401 | 403 => Some(Failure::KeyRejected),
+            408 | 500..=599 => Some(Failure::Transient),
+            // An HTML page or plain text is not an API answer.
+            400.. if !json => Some(Failure::Transient),
+            _ => None,
+        };
+        if let Some(failure) = failure {
+            let retry_after = resp
+                .headers
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let what = if json {
+                format!("answered {status}")
+            } else {
+                format!("answered {status} with a non-JSON body ({content_type})")
+            };
+            ex.failed(failure, status, true, &what, retry_after);
+            ex.failure_recorded = true;
+            return Err(Error::explain(ErrorType::HTTPStatus(status), what));
         }
+        ex.answered();
         ex.response_started = true;
         ex.mode = if is_sse(resp) {
             resp.remove_header(&header::CONTENT_LENGTH);
@@ -734,7 +792,7 @@ impl ProxyHttp for Gateway {
         }
         let api = match ctx.exchange.as_deref() {
             Some(ex) => {
-                let api = upstream_failure(e, ex.outcome().attempts);
+                let api = upstream_failure(e, ex);
                 ex.outcome().error = Some(api.code.to_string());
                 api
             }
@@ -750,6 +808,17 @@ impl ProxyHttp for Gateway {
             }
         };
         let written = match session.response_written() {
+            // All keys are rate limited: say when to come back.
+            None if api.status == 429 => {
+                respond(
+                    session,
+                    &ctx.request_id,
+                    429,
+                    api.body(),
+                    &[("retry-after", "1")],
+                )
+                .await
+            }
             None => respond_error(session, &ctx.request_id, &api).await,
             // A stream already under way ends with an error event.
             Some(resp) if is_sse(resp) => {

@@ -23,6 +23,11 @@ const MAX_PARALLEL: u64 = 1_000;
 /// A simulated failure, chosen by `x-sim-fault` or a model name containing `fault-NAME`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Fault {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Unprocessable,
     RateLimit,
     Internal,
     BadGateway,
@@ -35,7 +40,12 @@ pub(crate) enum Fault {
 }
 
 impl Fault {
-    pub(crate) const ALL: [Fault; 9] = [
+    pub(crate) const ALL: [Fault; 14] = [
+        Fault::BadRequest,
+        Fault::Unauthorized,
+        Fault::Forbidden,
+        Fault::NotFound,
+        Fault::Unprocessable,
         Fault::RateLimit,
         Fault::Internal,
         Fault::BadGateway,
@@ -49,6 +59,11 @@ impl Fault {
 
     pub(crate) fn name(self) -> &'static str {
         match self {
+            Fault::BadRequest => "400",
+            Fault::Unauthorized => "401",
+            Fault::Forbidden => "403",
+            Fault::NotFound => "404",
+            Fault::Unprocessable => "422",
             Fault::RateLimit => "429",
             Fault::Internal => "500",
             Fault::BadGateway => "502",
@@ -64,6 +79,11 @@ impl Fault {
     /// The `outcome` string recorded in `/sim/requests`.
     pub(crate) fn outcome(self) -> &'static str {
         match self {
+            Fault::BadRequest => "fault:400",
+            Fault::Unauthorized => "fault:401",
+            Fault::Forbidden => "fault:403",
+            Fault::NotFound => "fault:404",
+            Fault::Unprocessable => "fault:422",
             Fault::RateLimit => "fault:429",
             Fault::Internal => "fault:500",
             Fault::BadGateway => "fault:502",
@@ -84,6 +104,15 @@ impl Fault {
     pub(crate) fn immediate(self) -> bool {
         !matches!(self, Fault::Midstream | Fault::Trickle)
     }
+}
+
+/// Finds `fault-NAME` in the credential the client sent (`Authorization`, `x-api-key` or
+/// `api-key`), so that one key of several can be made to fail.
+pub(crate) fn key_fault(headers: &HeaderMap) -> Option<Fault> {
+    ["authorization", "x-api-key", "api-key"]
+        .iter()
+        .filter_map(|h| headers.get(*h)?.to_str().ok())
+        .find_map(|v| model_fault(v.rsplit(' ').next().unwrap_or(v)))
 }
 
 /// Finds `fault-NAME` in a model name, at the start or after a separator.
@@ -240,6 +269,41 @@ impl ApiError {
     /// The error for a status fault (`midstream` outside a stream counts as 500).
     pub(crate) fn fault(fault: Fault) -> ApiError {
         let (status, openai_type, code, anthropic_type, message) = match fault {
+            Fault::BadRequest => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_request",
+                "invalid_request_error",
+                "Invalid request (simulated).",
+            ),
+            Fault::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+                "authentication_error",
+                "Incorrect API key provided (simulated).",
+            ),
+            Fault::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                "permission_denied",
+                "permission_error",
+                "This key may not use this model (simulated).",
+            ),
+            Fault::NotFound => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                "not_found_error",
+                "The model does not exist (simulated).",
+            ),
+            Fault::Unprocessable => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                "unprocessable",
+                "invalid_request_error",
+                "The request could not be processed (simulated).",
+            ),
             Fault::RateLimit => (
                 StatusCode::TOO_MANY_REQUESTS,
                 "requests",
@@ -723,6 +787,10 @@ mod tests {
     #[test]
     fn faults_in_model_names() {
         assert_eq!(model_fault("sim-fault-429"), Some(Fault::RateLimit));
+        assert_eq!(model_fault("sk-fault-401"), Some(Fault::Unauthorized));
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer sk-fault-403".parse().unwrap());
+        assert_eq!(key_fault(&h), Some(Fault::Forbidden));
         assert_eq!(model_fault("gpt-4o-mini-fault-reset"), Some(Fault::Reset));
         assert_eq!(model_fault("fault-html-x"), Some(Fault::Html));
         assert_eq!(model_fault("default-model"), None);

@@ -31,7 +31,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::{TcpListener, TcpStream};
 
 use body::SimBody;
-use common::{model_fault, Api, ApiError, Cx, Fault, Knobs, Reply, DEFAULT_MODEL};
+use common::{key_fault, model_fault, Api, ApiError, Cx, Fault, Knobs, Reply, DEFAULT_MODEL};
 use conn::{ConnCtl, SimIo};
 use history::{History, Outcome, Record};
 
@@ -333,7 +333,11 @@ fn run<E: Endpoint>(api: Api, deployment: Option<&str>, cx: &Cx) -> Routed {
         }
     };
     let model = req.model().or(deployment).unwrap_or(DEFAULT_MODEL);
-    let fault = cx.knobs.fault.or_else(|| model_fault(model));
+    let fault = cx
+        .knobs
+        .fault
+        .or_else(|| key_fault(&cx.rec.headers))
+        .or_else(|| model_fault(model));
     let reply = match fault {
         Some(f) if f.immediate() || (f == Fault::Midstream && !req.streaming()) => {
             fault_reply(f, api)
