@@ -13,6 +13,8 @@ pub enum Endpoint {
     Chat,
     Completions,
     Embeddings,
+    /// Anthropic's Messages API.
+    Messages,
 }
 
 impl Endpoint {
@@ -21,17 +23,24 @@ impl Endpoint {
             "/v1/chat/completions" => Some(Endpoint::Chat),
             "/v1/completions" => Some(Endpoint::Completions),
             "/v1/embeddings" => Some(Endpoint::Embeddings),
+            "/v1/messages" => Some(Endpoint::Messages),
             _ => None,
         }
     }
 
-    /// The path under an OpenAI-style base URL.
+    /// The path under a provider's base URL.
     pub fn openai_path(self) -> &'static str {
         match self {
             Endpoint::Chat => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::Messages => "/messages",
         }
+    }
+
+    /// Whether the client speaks Anthropic's dialect here (errors take its shape).
+    pub fn anthropic(self) -> bool {
+        self == Endpoint::Messages
     }
 
     pub fn name(self) -> &'static str {
@@ -39,6 +48,7 @@ impl Endpoint {
             Endpoint::Chat => "chat",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
         }
     }
 }
@@ -162,13 +172,14 @@ impl ClientRequest {
                 }
             }
         }
-        let required = match endpoint {
-            Endpoint::Chat => "messages",
-            Endpoint::Completions => "prompt",
-            Endpoint::Embeddings => "input",
+        let required: &[&str] = match endpoint {
+            Endpoint::Chat => &["messages"],
+            Endpoint::Completions => &["prompt"],
+            Endpoint::Embeddings => &["input"],
+            Endpoint::Messages => &["messages", "max_tokens"],
         };
-        for field in ["model", required] {
-            if fields.get(field).is_none_or(|v| is_null(v)) {
+        for field in std::iter::once(&"model").chain(required) {
+            if fields.get(*field).is_none_or(|v| is_null(v)) {
                 return Err(ApiError::bad_request(
                     "missing_field",
                     format!("`{field}` is required."),
@@ -250,7 +261,8 @@ impl ClientRequest {
             out.push(b':');
             out.extend_from_slice(value);
         };
-        let usage_options = self.stream.then(|| self.stream_options_with_usage());
+        let usage_options =
+            (self.stream && !self.endpoint.anthropic()).then(|| self.stream_options_with_usage());
         for (key, value) in &self.fields {
             match key.as_str() {
                 "model" => field(

@@ -51,6 +51,31 @@ impl ApiError {
         let v = json!({"error": {"message": self.message, "type": self.kind, "code": self.code}});
         Bytes::from(v.to_string())
     }
+
+    /// The same error in Anthropic's shape, for clients of `/v1/messages`.
+    pub fn anthropic_body(&self) -> Bytes {
+        let kind = match self.status {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            s if s >= 500 => "api_error",
+            _ => "invalid_request_error",
+        };
+        let v = json!({"type": "error", "error": {"type": kind, "message": self.message}});
+        Bytes::from(v.to_string())
+    }
+
+    /// The body in the dialect a client speaks.
+    pub fn body_for(&self, anthropic: bool) -> Bytes {
+        if anthropic {
+            self.anthropic_body()
+        } else {
+            self.body()
+        }
+    }
 }
 
 impl std::fmt::Display for ApiError {

@@ -2,7 +2,7 @@
 //! arrive, usage is read from them, and the usage-only chunk the gateway asked for is dropped when
 //! the client did not ask for it.
 
-use crate::telemetry::{OpenAiUsage, Usage};
+use crate::telemetry::{AnthropicUsage, OpenAiUsage, Usage};
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 use serde::de::IgnoredAny;
@@ -14,6 +14,8 @@ pub struct SseFilter {
     /// An incomplete event carried over from the previous chunk.
     partial: BytesMut,
     strip_usage_chunk: bool,
+    /// The stream is Anthropic's (usage arrives in parts; nothing is dropped).
+    anthropic: bool,
     pub usage: Option<Usage>,
     pub done: bool,
     /// An `error` object arrived inside the stream.
@@ -47,6 +49,14 @@ impl SseFilter {
     pub fn new(strip_usage_chunk: bool) -> Self {
         SseFilter {
             strip_usage_chunk,
+            ..Default::default()
+        }
+    }
+
+    /// For an Anthropic stream passed through as it is: reads its usage and errors.
+    pub fn anthropic() -> Self {
+        SseFilter {
+            anthropic: true,
             ..Default::default()
         }
     }
@@ -113,6 +123,16 @@ impl SseFilter {
         if !has_object(&data, b"\"usage\"") && !has_object(&data, b"\"error\"") {
             return false;
         }
+        if self.anthropic {
+            if let Ok(event) = serde_json::from_slice::<AnthropicProbe>(&data) {
+                self.error |= event.kind == "error";
+                let usage = event.usage.or(event.message.and_then(|m| m.usage));
+                if let Some(u) = usage {
+                    u.fold_into(self.usage.get_or_insert_with(Usage::default));
+                }
+            }
+            return false;
+        }
         let Ok(chunk) = serde_json::from_slice::<ChunkProbe>(&data) else {
             return false;
         };
@@ -127,6 +147,23 @@ impl SseFilter {
             None => false,
         }
     }
+}
+
+/// The parts of an Anthropic event the gateway reads.
+#[derive(Deserialize)]
+struct AnthropicProbe {
+    #[serde(default, rename = "type")]
+    kind: String,
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+    #[serde(default)]
+    message: Option<AnthropicMessageProbe>,
+}
+
+#[derive(Deserialize)]
+struct AnthropicMessageProbe {
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
 }
 
 /// The parts of a chunk the gateway reads; everything else is skipped.
@@ -209,6 +246,21 @@ mod tests {
             br#"{"text":"the \"usage\" word"}"#,
             b"\"usage\""
         ));
+    }
+
+    #[test]
+    fn anthropic_usage_is_counted_once_across_events() {
+        let mut f = SseFilter::anthropic();
+        let text = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"cache_read_input_tokens\":3,\"output_tokens\":1}}   }\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":12,\"output_tokens\":9}}\n\n";
+        assert_eq!(run(&mut f, &[text.as_bytes()]), text);
+        assert_eq!(
+            f.usage,
+            Some(Usage {
+                prompt_tokens: 15,
+                completion_tokens: 9,
+                cached_tokens: 3
+            })
+        );
     }
 
     #[test]

@@ -44,6 +44,39 @@ impl From<OpenAiUsage> for Usage {
     }
 }
 
+/// Anthropic's `usage` object. Prompt tokens count cache reads and writes too, as OpenAI's do.
+#[derive(Debug, Default, Deserialize)]
+pub struct AnthropicUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    /// Folds this report into `usage`: a stream reports in parts (`message_start`, then
+    /// `message_delta`), and a part may repeat an earlier count, so each is kept at its maximum.
+    pub fn fold_into(&self, usage: &mut Usage) {
+        let n = |v: Option<u64>| v.unwrap_or(0);
+        let prompt = n(self.input_tokens)
+            + n(self.cache_read_input_tokens)
+            + n(self.cache_creation_input_tokens);
+        usage.prompt_tokens = usage.prompt_tokens.max(prompt);
+        usage.completion_tokens = usage.completion_tokens.max(n(self.output_tokens));
+        usage.cached_tokens = usage.cached_tokens.max(n(self.cache_read_input_tokens));
+    }
+}
+
+#[derive(Deserialize)]
+struct AnthropicUsageOf {
+    #[serde(default)]
+    usage: Option<AnthropicUsage>,
+}
+
 /// Just the `usage` of a response body; everything else is skipped, not built.
 #[derive(Deserialize)]
 struct UsageOf {
@@ -58,6 +91,27 @@ impl Usage {
             .ok()?
             .usage
             .map(Usage::from)
+    }
+
+    /// Reads `usage` from a whole Anthropic response body.
+    pub fn from_anthropic_body(body: &[u8]) -> Option<Usage> {
+        let u = serde_json::from_slice::<AnthropicUsageOf>(body)
+            .ok()?
+            .usage?;
+        let mut usage = Usage::default();
+        u.fold_into(&mut usage);
+        Some(usage)
+    }
+
+    /// From a translator's (prompt, completion, cached) counts.
+    pub fn from_counts(
+        (prompt_tokens, completion_tokens, cached_tokens): (u64, u64, u64),
+    ) -> Usage {
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+        }
     }
 }
 
@@ -177,6 +231,15 @@ mod tests {
         );
         assert_eq!(Usage::from_body(br#"{"usage":null}"#), None);
         assert_eq!(Usage::from_body(b"not json"), None);
+        let anthropic = br#"{"usage":{"input_tokens":10,"cache_read_input_tokens":30,"cache_creation_input_tokens":5,"output_tokens":7}}"#;
+        assert_eq!(
+            Usage::from_anthropic_body(anthropic),
+            Some(Usage {
+                prompt_tokens: 45,
+                completion_tokens: 7,
+                cached_tokens: 30
+            })
+        );
     }
 
     #[test]

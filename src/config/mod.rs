@@ -135,6 +135,9 @@ pub enum ProviderKind {
     Openai,
     /// Azure OpenAI: deployment paths, `api-version`, `api-key` header.
     Azure,
+    /// Anthropic's Messages API: `x-api-key`, `anthropic-version`; OpenAI-format chat requests
+    /// are translated both ways.
+    Anthropic,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -175,6 +178,9 @@ pub struct ProviderSpec {
     pub deployments: IndexMap<String, String>,
     #[serde(default)]
     pub timeouts: Option<TimeoutSpec>,
+    /// Anthropic only: `max_tokens` for translated requests that give none (default 4096).
+    #[serde(default)]
+    pub default_max_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -562,7 +568,9 @@ fn validate_provider(r: &mut Report, base: &str, spec: &ProviderSpec) {
                 "an azure provider needs `api_version`",
             );
         }
-        ProviderKind::Openai if spec.api_version.is_some() || !spec.deployments.is_empty() => {
+        ProviderKind::Openai | ProviderKind::Anthropic
+            if spec.api_version.is_some() || !spec.deployments.is_empty() =>
+        {
             r.error(
                 base,
                 "`api_version` and `deployments` apply to azure providers only",

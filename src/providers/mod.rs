@@ -96,6 +96,8 @@ pub struct Provider {
     pub timeouts: Timeouts,
     pub api_version: Option<String>,
     pub deployments: indexmap::IndexMap<String, String>,
+    /// Anthropic: `max_tokens` for translated requests that give none.
+    pub default_max_tokens: u64,
     pub breaker: health::Breaker,
 }
 
@@ -159,6 +161,7 @@ impl Provider {
             timeouts: cfg.timeouts,
             api_version: spec.api_version.clone(),
             deployments: spec.deployments.clone(),
+            default_max_tokens: spec.default_max_tokens.unwrap_or(4096),
             breaker: health::Breaker::default(),
             base,
         })
@@ -168,10 +171,25 @@ impl Provider {
         self.unavailable.is_none()
     }
 
-    /// The upstream path (with query) for an endpoint and upstream model.
+    /// The API this provider speaks for what a client asked of `endpoint`; `None` when it has
+    /// no such thing (embeddings from Anthropic).
+    pub fn upstream_endpoint(&self, endpoint: Endpoint) -> Option<Endpoint> {
+        match (self.kind, endpoint) {
+            (ProviderKind::Anthropic, Endpoint::Chat | Endpoint::Messages) => {
+                Some(Endpoint::Messages)
+            }
+            (ProviderKind::Anthropic, _) => None,
+            (_, Endpoint::Messages) => Some(Endpoint::Chat),
+            (_, e) => Some(e),
+        }
+    }
+
+    /// The upstream path (with query) for an upstream endpoint and model.
     pub fn path(&self, endpoint: Endpoint, model: &str) -> String {
         match self.kind {
-            ProviderKind::Openai => openai::path(&self.base.path, endpoint),
+            ProviderKind::Openai | ProviderKind::Anthropic => {
+                openai::path(&self.base.path, endpoint)
+            }
             ProviderKind::Azure => azure::path(self, endpoint, model),
         }
     }
@@ -181,6 +199,7 @@ impl Provider {
         match self.kind {
             ProviderKind::Openai => http::header::AUTHORIZATION,
             ProviderKind::Azure => azure::AUTH_HEADER,
+            ProviderKind::Anthropic => anthropic::AUTH_HEADER,
         }
     }
 
@@ -211,7 +230,7 @@ fn auth_value(
 ) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
     let mut v = match kind {
         ProviderKind::Openai => HeaderValue::from_str(&format!("Bearer {secret}"))?,
-        ProviderKind::Azure => HeaderValue::from_str(secret)?,
+        ProviderKind::Azure | ProviderKind::Anthropic => HeaderValue::from_str(secret)?,
     };
     v.set_sensitive(true);
     Ok(v)
@@ -241,6 +260,7 @@ mod tests {
                     .into_iter()
                     .collect(),
                 timeouts: None,
+                default_max_tokens: None,
             },
             timeouts: Timeouts {
                 connect: Default::default(),

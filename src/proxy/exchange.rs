@@ -2,8 +2,9 @@
 //! and what the request learned for its access-log line.
 
 use super::Live;
-use crate::api::ClientRequest;
+use crate::api::{ClientRequest, Endpoint};
 use crate::config::RetryPolicy;
+use crate::providers::anthropic::{self, ChatStreamToMessages, MessagesStreamToChat};
 use crate::providers::health::now_ms;
 use crate::providers::Provider;
 use crate::routing::{Route, Target};
@@ -31,10 +32,26 @@ pub fn lock(outcome: &Mutex<Outcome>) -> MutexGuard<'_, Outcome> {
 
 /// How the response body is read on its way to the client.
 pub enum ResponseBody {
-    /// JSON, kept (up to a limit) to read usage at the end.
+    /// JSON in the client's dialect, kept (up to a limit) to read usage at the end.
     Json(BytesMut),
+    /// An SSE stream in the client's dialect.
     Sse(SseFilter),
+    /// An Anthropic stream for an OpenAI client.
+    ToChat(MessagesStreamToChat),
+    /// An OpenAI stream for an Anthropic client.
+    ToMessages(ChatStreamToMessages),
+    /// A whole body translated at its end.
+    Translate(BytesMut, Translation),
     Pass,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Translation {
+    MessagesToChat,
+    ChatToMessages,
+    /// An error in the upstream's dialect, with its status.
+    AnthropicError(u16),
+    OpenAiError(u16),
 }
 
 /// Why an attempt failed, which decides what is tried next.
@@ -43,6 +60,9 @@ pub enum Failure {
     /// Connect error, timeout, reset, 5xx or a non-JSON error: retry the target with backoff,
     /// then the next target.
     Transient,
+    /// The target cannot take this request (no such API, or it cannot be translated): the next
+    /// target, with no mark against the provider.
+    Unsuitable,
     /// 429: the key cools down; the next key or target at once.
     RateLimited,
     /// 401 or 403: the key is left out; the next key or target at once.
@@ -65,9 +85,11 @@ pub struct Exchange {
     pub key: Option<usize>,
     /// Waited before the next attempt.
     pub backoff: Option<Duration>,
-    /// The upstream body, serialized for `body_model`.
+    /// The upstream body, serialized for `body_for`: the model and the API it was made for.
     pub body: Bytes,
-    body_model: String,
+    body_for: Option<(String, Endpoint)>,
+    /// The API the current target is spoken to in.
+    pub upstream: Endpoint,
     pub started: Instant,
     pub response_started: bool,
     /// `response_filter` already recorded why this attempt failed.
@@ -104,7 +126,8 @@ impl Exchange {
             key: None,
             backoff: None,
             body: Bytes::new(),
-            body_model: String::new(),
+            body_for: None,
+            upstream: Endpoint::Chat,
             started,
             response_started: false,
             failure_recorded: false,
@@ -215,6 +238,10 @@ impl Exchange {
                 }
                 true
             }
+            Failure::Unsuitable => {
+                self.skip_target();
+                true
+            }
             Failure::Transient => {
                 p.breaker
                     .failure(now, policy.breaker_failures, policy.breaker_cooldown_ms);
@@ -252,12 +279,30 @@ impl Exchange {
         }
     }
 
-    /// The body for the current target, re-serialized only when its model name differs.
-    pub fn prepare_body(&mut self, model: &str) {
-        if self.body.is_empty() || self.body_model != model {
-            self.body = self.request.upstream_body(model);
-            self.body_model = model.to_string();
+    /// The body for the current target: the client's, with its model, translated when the
+    /// provider speaks another dialect. Rebuilt only when the model or the API changes.
+    pub fn prepare_body(&mut self) -> Result<(), String> {
+        let (t, p) = self.target().ok_or("no target")?;
+        let endpoint = self.request.endpoint;
+        let upstream = p
+            .upstream_endpoint(endpoint)
+            .ok_or_else(|| format!("provider `{}` has no {} API", p.name, endpoint.name()))?;
+        let key = (t.model.clone(), upstream);
+        if self.body_for.as_ref() != Some(&key) {
+            let raw = self.request.upstream_body(&key.0);
+            self.body = match (endpoint, upstream) {
+                (Endpoint::Chat, Endpoint::Messages) => {
+                    anthropic::chat_to_messages(&raw, &key.0, p.default_max_tokens)?.into()
+                }
+                (Endpoint::Messages, Endpoint::Chat) => {
+                    anthropic::messages_request_to_chat(&raw, &key.0)?.into()
+                }
+                _ => raw,
+            };
+            self.body_for = Some(key);
         }
+        self.upstream = upstream;
+        Ok(())
     }
 
     pub fn outcome(&self) -> MutexGuard<'_, Outcome> {

@@ -17,14 +17,15 @@ mod exchange;
 use crate::api::{ClientRequest, Endpoint};
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
-use crate::providers::Provider;
+use crate::providers::anthropic::{ChatStreamToMessages, MessagesStreamToChat};
+use crate::providers::{anthropic, Provider};
 use crate::routing::{Facts, Router};
 use crate::sse::SseFilter;
 use crate::telemetry::{AccessLog, Record, Usage};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use exchange::{lock, Exchange, Failure, Outcome, ResponseBody};
+use exchange::{lock, Exchange, Failure, Outcome, ResponseBody, Translation};
 use http::{header, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
@@ -88,6 +89,8 @@ const CLIENT_ONLY: [&str; 6] = [
     "proxy-authorization",
     "expect",
 ];
+/// Anthropic's token counting, answered locally with an estimate.
+const COUNT_TOKENS: &str = "/v1/messages/count_tokens";
 /// How long an idle client connection is kept open.
 const KEEPALIVE_SECS: u64 = 60;
 /// Largest non-stream response body read for usage accounting; larger ones pass unread.
@@ -208,8 +211,11 @@ async fn respond(
 }
 
 async fn respond_error(session: &mut Session, request_id: &str, e: &ApiError) -> Result<()> {
-    let allow = match Endpoint::from_path(session.req_header().uri.path()) {
+    let path = session.req_header().uri.path();
+    let anthropic = path.starts_with("/v1/messages");
+    let allow = match Endpoint::from_path(path) {
         Some(_) => "POST",
+        None if path == COUNT_TOKENS => "POST",
         None => "GET, HEAD",
     };
     let extra: &[(&str, &str)] = if e.status == 405 {
@@ -217,7 +223,7 @@ async fn respond_error(session: &mut Session, request_id: &str, e: &ApiError) ->
     } else {
         &[]
     };
-    respond(session, request_id, e.status, e.body(), extra).await
+    respond(session, request_id, e.status, e.body_for(anthropic), extra).await
 }
 
 fn method_not_allowed(path: &str) -> ApiError {
@@ -267,6 +273,23 @@ impl Gateway {
             }
             respond(session, &ctx.request_id, 200, body, &[]).await?;
             return Ok(Ok(Next::Done));
+        }
+        if ctx.path == COUNT_TOKENS {
+            if !post {
+                return Ok(Err(method_not_allowed(&ctx.path)));
+            }
+            let body = match read_body(session, live.gateway.max_body_bytes).await? {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(e)),
+            };
+            return match anthropic::count_tokens(&body) {
+                Ok(n) => {
+                    let answer = Bytes::from(format!("{{\"input_tokens\":{n}}}"));
+                    respond(session, &ctx.request_id, 200, answer, &[]).await?;
+                    Ok(Ok(Next::Done))
+                }
+                Err(why) => Ok(Err(ApiError::bad_request("invalid_request", why))),
+            };
         }
         let Some(endpoint) = Endpoint::from_path(&ctx.path) else {
             return Ok(Err(ApiError::not_found(format!(
@@ -440,6 +463,16 @@ async fn read_body(
     Ok(Ok(body.freeze()))
 }
 
+/// The body that replaces an upstream answer that could not be translated.
+fn untranslatable(why: &str, anthropic: bool) -> Vec<u8> {
+    let e = ApiError::upstream(
+        502,
+        "untranslatable_response",
+        format!("The upstream answer could not be translated: {why}"),
+    );
+    e.body_for(anthropic).to_vec()
+}
+
 /// The status a transport failure counts as.
 fn transport_status(e: &Error) -> u16 {
     match e.etype() {
@@ -538,11 +571,19 @@ impl ProxyHttp for Gateway {
         if let Some(wait) = ex.backoff.take() {
             tokio::time::sleep(wait).await;
         }
-        if !ex.next_attempt() {
-            return Err(Error::explain(
-                ErrorType::ConnectNoRoute,
-                "no target left to try",
-            ));
+        loop {
+            if !ex.next_attempt() {
+                return Err(Error::explain(
+                    ErrorType::ConnectNoRoute,
+                    "no target left to try",
+                ));
+            }
+            match ex.prepare_body() {
+                Ok(()) => break,
+                Err(why) => {
+                    ex.failed(Failure::Unsuitable, 400, true, &why, None);
+                }
+            }
         }
         let (target, p) = ex.target().ok_or_else(|| internal("no target"))?;
         let addr = p
@@ -569,10 +610,9 @@ impl ProxyHttp for Gateway {
         let ex = exchange(ctx)?;
         let (target, p) = ex.target().ok_or_else(|| internal("no target"))?;
         let (model, p) = (target.model.clone(), p.clone());
-        ex.prepare_body(&model);
         req.set_method(Method::POST);
         let uri = p
-            .path(ex.request.endpoint, &model)
+            .path(ex.upstream, &model)
             .parse()
             .map_err(|_| internal("bad upstream path"))?;
         req.set_uri(uri);
@@ -597,6 +637,14 @@ impl ProxyHttp for Gateway {
         req.insert_header(header::CONTENT_LENGTH, ex.body.len())?;
         req.insert_header(header::ACCEPT_ENCODING, "identity")?;
         req.insert_header("x-request-id", &ex.request_id)?;
+        if ex.upstream == Endpoint::Messages {
+            if req.headers.get("anthropic-version").is_none() {
+                req.insert_header("anthropic-version", anthropic::VERSION)?;
+            }
+        } else {
+            req.remove_header("anthropic-version");
+            req.remove_header("anthropic-beta");
+        }
         Ok(())
     }
 
@@ -708,14 +756,43 @@ impl ProxyHttp for Gateway {
         }
         ex.answered();
         ex.response_started = true;
-        ex.mode = if is_sse(resp) {
-            resp.remove_header(&header::CONTENT_LENGTH);
-            ResponseBody::Sse(SseFilter::new(!ex.request.wants_usage))
-        } else if status < 300 {
-            ResponseBody::Json(BytesMut::new())
-        } else {
-            ResponseBody::Pass
+        let client_anthropic = ex.request.endpoint.anthropic();
+        let upstream_anthropic = ex.upstream == Endpoint::Messages;
+        let sse = is_sse(resp);
+        ex.mode = match (client_anthropic, upstream_anthropic, sse, status < 300) {
+            (false, false, true, _) => ResponseBody::Sse(SseFilter::new(!ex.request.wants_usage)),
+            (true, true, true, _) => ResponseBody::Sse(SseFilter::anthropic()),
+            (false, true, true, _) => ResponseBody::ToChat(MessagesStreamToChat::new(
+                &ex.request.model,
+                ex.request.wants_usage,
+            )),
+            (true, false, true, _) => {
+                ResponseBody::ToMessages(ChatStreamToMessages::new(&ex.request.model))
+            }
+            (a, b, false, true) if a == b => ResponseBody::Json(BytesMut::new()),
+            (false, true, false, true) => {
+                ResponseBody::Translate(BytesMut::new(), Translation::MessagesToChat)
+            }
+            (true, false, false, true) => {
+                ResponseBody::Translate(BytesMut::new(), Translation::ChatToMessages)
+            }
+            (false, true, false, false) => {
+                ResponseBody::Translate(BytesMut::new(), Translation::AnthropicError(status))
+            }
+            (true, false, false, false) => {
+                ResponseBody::Translate(BytesMut::new(), Translation::OpenAiError(status))
+            }
+            _ => ResponseBody::Pass,
         };
+        if !matches!(ex.mode, ResponseBody::Json(_) | ResponseBody::Pass) {
+            resp.remove_header(&header::CONTENT_LENGTH);
+        }
+        if matches!(
+            ex.mode,
+            ResponseBody::ToChat(_) | ResponseBody::ToMessages(_)
+        ) {
+            resp.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
+        }
         let (target, p) = ex.target().ok_or_else(|| internal("no target"))?;
         let (id, provider) = (target.id.clone(), p.name.clone());
         let attempts = {
@@ -751,7 +828,69 @@ impl ProxyHttp for Gateway {
                         buf.extend_from_slice(b);
                     }
                 }
-                end.then(|| Usage::from_body(buf)).flatten()
+                match (end, ex.request.endpoint.anthropic()) {
+                    (false, _) => None,
+                    (true, false) => Usage::from_body(buf),
+                    (true, true) => Usage::from_anthropic_body(buf),
+                }
+            }
+            ResponseBody::ToChat(t) => {
+                let mut out = body.take().map(|b| t.push(&b)).unwrap_or_default();
+                if end {
+                    out.extend(t.finish());
+                }
+                *body = Some(out.into());
+                if t.error() {
+                    lock(&ex.outcome).error = Some("upstream_stream_error".into());
+                }
+                t.usage().map(Usage::from_counts)
+            }
+            ResponseBody::ToMessages(t) => {
+                let mut out = body.take().map(|b| t.push(&b)).unwrap_or_default();
+                if end {
+                    out.extend(t.finish());
+                }
+                *body = Some(out.into());
+                if t.error() {
+                    lock(&ex.outcome).error = Some("upstream_stream_error".into());
+                }
+                t.usage().map(Usage::from_counts)
+            }
+            ResponseBody::Translate(buf, how) => {
+                if let Some(b) = body.take() {
+                    buf.extend_from_slice(&b);
+                }
+                if !end {
+                    *body = Some(Bytes::new());
+                    None
+                } else {
+                    let model = &ex.request.model;
+                    let (out, usage) = match *how {
+                        Translation::MessagesToChat => {
+                            match anthropic::messages_to_chat(buf, model) {
+                                Ok(out) => {
+                                    let usage = Usage::from_body(&out);
+                                    (out, usage)
+                                }
+                                Err(why) => (untranslatable(&why, false), None),
+                            }
+                        }
+                        Translation::ChatToMessages => {
+                            match anthropic::chat_to_messages_response(buf, model) {
+                                Ok(out) => (out, Usage::from_body(buf)),
+                                Err(why) => (untranslatable(&why, true), None),
+                            }
+                        }
+                        Translation::AnthropicError(status) => {
+                            (anthropic::error_to_openai(status, buf).1, None)
+                        }
+                        Translation::OpenAiError(status) => {
+                            (anthropic::openai_error_to_anthropic(status, buf).1, None)
+                        }
+                    };
+                    *body = Some(out.into());
+                    usage
+                }
             }
             ResponseBody::Sse(filter) => {
                 let mut out = body.take().map_or_else(Bytes::new, |b| filter.push(b));
@@ -822,10 +961,17 @@ impl ProxyHttp for Gateway {
             None => respond_error(session, &ctx.request_id, &api).await,
             // A stream already under way ends with an error event.
             Some(resp) if is_sse(resp) => {
-                let mut event = BytesMut::from(&b"data: "[..]);
-                event.extend_from_slice(
-                    &ApiError::upstream(502, "upstream_stream_error", api.message.clone()).body(),
-                );
+                let e = ApiError::upstream(502, "upstream_stream_error", api.message.clone());
+                let anthropic = ctx
+                    .exchange
+                    .as_deref()
+                    .is_some_and(|ex| ex.request.endpoint.anthropic());
+                let mut event = BytesMut::from(if anthropic {
+                    &b"event: error\ndata: "[..]
+                } else {
+                    &b"data: "[..]
+                });
+                event.extend_from_slice(&e.body_for(anthropic));
                 event.extend_from_slice(b"\n\n");
                 session
                     .write_response_body(Some(event.freeze()), true)

@@ -20,6 +20,11 @@ pub use request::chat_to_messages;
 pub use response::{error_to_openai, messages_to_chat};
 pub use stream::MessagesStreamToChat;
 
+/// The header that carries an Anthropic key.
+pub const AUTH_HEADER: http::HeaderName = http::HeaderName::from_static("x-api-key");
+/// The `anthropic-version` sent when the client did not choose one.
+pub const VERSION: &str = "2023-06-01";
+
 use serde::de::Deserialize;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
