@@ -79,6 +79,9 @@ pub struct Facts<'a> {
     pub budget_used_percent: Option<f64>,
 }
 
+/// The header a `tier` condition reads.
+pub const TIER_HEADER: &str = "x-tollgate-tier";
+
 /// `*` matches any run of characters, `?` any one.
 pub fn glob(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
@@ -165,7 +168,9 @@ impl Threshold {
 struct Matcher {
     models: Vec<String>,
     kinds: Vec<Endpoint>,
+    /// Header name and value pattern; names are unique.
     headers: Vec<(HeaderName, String)>,
+    tiers: Vec<String>,
     key: Vec<String>,
     team: Vec<String>,
     customer: Vec<String>,
@@ -195,10 +200,11 @@ impl Matcher {
                 "chat" => Some(Endpoint::Chat),
                 "completions" => Some(Endpoint::Completions),
                 "embeddings" => Some(Endpoint::Embeddings),
+                "messages" => Some(Endpoint::Messages),
                 other => {
                     r.error(
                         &format!("{base}.type"),
-                        format!("unknown request type `{other}` (chat, completions or embeddings)"),
+                        format!("unknown request type `{other}` (chat, completions, embeddings or messages)"),
                     );
                     None
                 }
@@ -213,9 +219,6 @@ impl Matcher {
                     format!("`{name}` is not a header name"),
                 ),
             }
-        }
-        for tier in &spec.tier {
-            headers.push((HeaderName::from_static("x-tollgate-tier"), tier.clone()));
         }
         let budget = spec
             .budget_used_percent
@@ -238,6 +241,7 @@ impl Matcher {
             models: spec.model.clone(),
             kinds,
             headers,
+            tiers: spec.tier.clone(),
             key: spec.key.clone(),
             team: spec.team.clone(),
             customer: spec.customer.clone(),
@@ -257,14 +261,20 @@ impl Matcher {
                 .is_none_or(|t| f.budget_used_percent.is_some_and(|v| t.holds(v)))
     }
 
-    /// Several tier values for one header mean any of them.
     fn headers_match(&self, headers: &HeaderMap) -> bool {
-        let mut names: Vec<&HeaderName> = self.headers.iter().map(|(n, _)| n).collect();
-        names.dedup();
-        names.iter().all(|name| {
-            let value = headers.get(*name).and_then(|v| v.to_str().ok());
-            value.is_some_and(|v| self.headers.iter().any(|(n, p)| n == *name && glob(p, v)))
-        })
+        let value = |name: &HeaderName| {
+            headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        self.headers
+            .iter()
+            .all(|(name, pattern)| value(name).is_some_and(|v| glob(pattern, &v)))
+            && (self.tiers.is_empty()
+                || any_glob(
+                    &self.tiers,
+                    value(&HeaderName::from_static(TIER_HEADER)).as_deref(),
+                ))
     }
 
     /// Whether every request this matcher takes is taken by `self` too.
@@ -283,6 +293,7 @@ impl Matcher {
                 .headers
                 .iter()
                 .all(|(n, _)| covers(&header_values(self, n), &header_values(other, n)))
+            && covers(&self.tiers, &other.tiers)
             && covers(&self.key, &other.key)
             && covers(&self.team, &other.team)
             && covers(&self.customer, &other.customer)
@@ -472,21 +483,10 @@ impl Router {
                 }
                 targets.push(t);
             }
-            // A rule wholly covered by one tried before it can never match.
-            let shadow = compiled
-                .iter()
-                .filter(|_| sound)
-                .find(|(p, _, earlier)| {
-                    earlier.sound && *p >= rule.priority && earlier.matcher.covers(&matcher)
-                })
-                .map(|(_, j, _)| *j);
-            if let Some(j) = shadow {
+            if !weights.iter().sum::<f64>().is_finite() {
                 r.error(
-                    &format!("{base}.match"),
-                    format!(
-                        "can never match: rules[{j}] (`{}`) takes every request it would",
-                        rules[j].name
-                    ),
+                    &format!("{base}.targets"),
+                    "the weights add up to more than a number can hold",
                 );
             }
             let route = make_route(
@@ -505,10 +505,25 @@ impl Router {
                 },
             ));
         }
+        compiled.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        // A rule wholly covered by one tried before it can never match.
+        for (k, (_, i, rule)) in compiled.iter().enumerate() {
+            let shadow = compiled[..k].iter().find(|(_, _, earlier)| {
+                rule.sound && earlier.sound && earlier.matcher.covers(&rule.matcher)
+            });
+            if let Some((_, j, _)) = shadow {
+                r.error(
+                    &format!("rules[{i}].match"),
+                    format!(
+                        "can never match: rules[{j}] (`{}`) takes every request it would",
+                        rules[*j].name
+                    ),
+                );
+            }
+        }
         if r.errors.len() > errors_before {
             return None;
         }
-        compiled.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
 
         let mut listed: Vec<(&String, String)> = Vec::new();
         for m in &gw.models {
@@ -693,6 +708,33 @@ rules:
     }
 
     #[test]
+    fn tier_and_header_conditions_must_both_hold() {
+        let r = router(
+            "rules:\n  - name: t\n    match: {tier: gold, headers: {x-region: 'é*'}}\n    targets: [{to: sim/small}]\n",
+        )
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-tollgate-tier", "gold".parse().unwrap());
+        assert_eq!(
+            chosen(&r, &facts("sim/big", &h)).as_deref(),
+            Some("sim/big")
+        );
+        h.insert(
+            "x-region",
+            http::HeaderValue::from_bytes("été".as_bytes()).unwrap(),
+        );
+        assert_eq!(
+            chosen(&r, &facts("sim/big", &h)).as_deref(),
+            Some("sim/small")
+        );
+        h.insert("x-tollgate-tier", "silver".parse().unwrap());
+        assert_eq!(
+            chosen(&r, &facts("sim/big", &h)).as_deref(),
+            Some("sim/big")
+        );
+    }
+
+    #[test]
     fn governance_hooks_match_when_set() {
         let r = router(
             "rules:\n  - name: cheap\n    match: {team: ml, budget_used_percent: '>= 80'}\n    targets: [{to: sim/small}]\n",
@@ -799,6 +841,15 @@ rules:
             e[1].contains("rules[3].match: can never match: rules[2] (`everything`)"),
             "{}",
             e[1]
+        );
+        // A later rule with a higher priority is tried first, and can shadow an earlier one.
+        let e = router(
+            "rules:\n  - name: narrow\n    match: {model: a}\n    targets: [{to: sim/big}]\n  - name: wide\n    priority: 10\n    targets: [{to: sim/small}]\n",
+        )
+        .unwrap_err();
+        assert!(
+            e[0].contains("rules[0].match: can never match: rules[1] (`wide`)"),
+            "{e:?}"
         );
         // A narrower rule with a higher priority is fine.
         router("rules:\n  - name: narrow\n    priority: 9\n    match: {model: a}\n    targets: [{to: sim/big}]\n  - name: wide\n    targets: [{to: sim/small}]\n").unwrap();

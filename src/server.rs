@@ -216,6 +216,8 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> Result<(), String>
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Attempts are bounded by each request's plan (targets, keys, tries), not by Pingora's 16.
+        max_retries: 1024,
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

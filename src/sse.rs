@@ -119,6 +119,9 @@ impl SseFilter {
             self.done = true;
             return false;
         }
+        if self.anthropic && memmem::find(&data, b"\"message_stop\"").is_some() {
+            self.done = true;
+        }
         // Most chunks carry `"usage":null`; parse only those with a usage or error object.
         if !has_object(&data, b"\"usage\"") && !has_object(&data, b"\"error\"") {
             return false;

@@ -167,3 +167,112 @@ def test_session_header_keeps_a_conversation_on_one_target(make_gateway, sim):
         assert len(seen) == 1, (session, seen)
     spread = {chat(gw).headers["x-tollgate-model"] for _ in range(40)}
     assert spread == {"sim/a", "sim/b"}
+
+
+def test_gateway_errors_close_the_connection_they_cannot_reuse(make_gateway, sim):
+    gw = make_gateway(**two_targets(sim))
+    s = requests.Session()
+    for i in range(4):
+        headers = {"x-sim-fault": "500"} if i % 2 == 0 else {}
+        r = s.post(gw.url + "/v1/chat/completions", json={"model": "m", "messages": MSG}, headers=headers, timeout=20)
+        assert r.status_code == (500 if i % 2 == 0 else 200)
+        if r.status_code == 500:
+            assert r.headers["connection"] == "close"
+
+
+def test_keys_cooling_down_give_503_with_the_reason(make_gateway, sim):
+    gw = make_gateway(
+        providers=f"  first:\n    kind: openai\n    base_url: {sim.url}/v1\n    keys: [{{key: sk-fault-401}}]\n",
+        models="models:\n  - id: first/primary\n    aliases: [m]\n",
+    )
+    assert chat(gw).status_code == 401
+    r = chat(gw)
+    assert r.status_code == 503
+    assert "every key is cooling down" in r.json()["error"]["message"]
+
+
+@pytest.fixture
+def scripted():
+    """An upstream whose answer is chosen by the key: `retry-after-120` answers 429 with
+    Retry-After: 120; `cut` streams two chunks and ends without [DONE]."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import threading
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            key = self.headers.get("authorization", "")
+            if "retry-after-120" in key:
+                body = b'{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}'
+                self.send_response(429)
+                self.send_header("retry-after", "120")
+            else:
+                chunk = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"part"}}]}\n\n'
+                body = chunk * 2
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_retry_after_reaches_the_client(make_gateway, scripted):
+    gw = make_gateway(
+        providers=f"  up:\n    kind: openai\n    base_url: {scripted}/v1\n    keys: [{{key: retry-after-120}}]\n",
+        models="models:\n  - id: up/primary\n    aliases: [m]\n",
+    )
+    r = chat(gw)
+    assert r.status_code == 429 and r.headers["retry-after"] == "120"
+
+
+def test_a_stream_cut_without_its_end_ends_with_an_error_event(make_gateway, scripted):
+    gw = make_gateway(
+        providers=f"  up:\n    kind: openai\n    base_url: {scripted}/v1\n    keys: [{{key: cut}}]\n",
+        models="models:\n  - id: up/primary\n    aliases: [m]\n",
+    )
+    r = chat(gw, stream=True)
+    events = [e for e in r.text.split("\n\n") if e.strip()]
+    assert len(events) == 3 and "upstream_stream_error" in events[-1]
+    assert gw.log()[-1]["error"] == "upstream_stream_incomplete"
+
+
+def test_a_target_that_cannot_serve_the_request_is_skipped_not_blamed(make_gateway, sim):
+    gw = make_gateway(
+        providers=f"""\
+  claude:
+    kind: anthropic
+    base_url: {sim.url}/v1
+  down:
+    kind: openai
+    base_url: {sim.url}/v1
+    keys: [{{key: sk-fault-503}}]
+""",
+        models="models:\n  - id: claude/c\n  - id: down/emb\n",
+        rules="rules:\n  - name: e\n    match: {model: e}\n    targets: [{to: claude/c}]\n    fallback: [down/emb]\n",
+    )
+    r = requests.post(gw.url + "/v1/embeddings", json={"model": "e", "input": "x"}, timeout=20)
+    assert r.status_code == 503, r.text
+    msg = r.json()["error"]["message"]
+    assert msg.startswith("2 attempts failed:") and "claude/c: skipped, provider `claude` has no embeddings API" in msg
+
+
+def test_translated_answers_keep_the_connection_alive(make_gateway, sim):
+    gw = make_gateway(
+        providers=f"  claude:\n    kind: anthropic\n    base_url: {sim.url}/v1\n",
+        models="models:\n  - id: claude/c\n    aliases: [m]\n",
+    )
+    s = requests.Session()
+    for _ in range(3):
+        r = s.post(gw.url + "/v1/chat/completions", json={"model": "m", "messages": MSG}, timeout=10)
+        assert r.status_code == 200 and r.headers.get("transfer-encoding") == "chunked"
+    assert r.json()["choices"][0]["message"]["content"] == "sim reply to: hi"

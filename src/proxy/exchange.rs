@@ -70,6 +70,8 @@ pub enum Failure {
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The longest a key sits out after a 429, whatever the upstream asks.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 pub struct Exchange {
     pub live: Arc<Live>,
@@ -94,10 +96,13 @@ pub struct Exchange {
     pub response_started: bool,
     /// `response_filter` already recorded why this attempt failed.
     pub failure_recorded: bool,
-    stale_retried: bool,
+    /// The longest Retry-After an upstream gave, for the client if every attempt fails.
+    pub retry_after: Option<Duration>,
     pub mode: ResponseBody,
     /// One line per failed attempt, for the error the client gets if all fail.
     pub failures: Vec<String>,
+    /// Targets passed over without an attempt (circuit open, keys cooling, no such API).
+    pub skipped: Vec<String>,
     /// The status the first failed attempt met (a transport failure counts as 502, or 504).
     pub primary_status: Option<u16>,
     /// The first failed attempt got an HTTP answer (rather than a transport failure).
@@ -131,9 +136,10 @@ impl Exchange {
             started,
             response_started: false,
             failure_recorded: false,
-            stale_retried: false,
+            retry_after: None,
             mode: ResponseBody::Pass,
             failures: Vec::new(),
+            skipped: Vec::new(),
             primary_status: None,
             primary_http: false,
             outcome: Arc::default(),
@@ -167,7 +173,7 @@ impl Exchange {
                     .breaker
                     .allows(now, policy.breaker_failures, policy.breaker_cooldown_ms)
             {
-                self.failures
+                self.skipped
                     .push(format!("{}: skipped, circuit open", t.id));
                 self.skip_target();
                 continue;
@@ -184,6 +190,10 @@ impl Exchange {
                 self.tried_keys |= 1 << k;
                 self.key = has_keys.then_some(k);
                 return true;
+            }
+            if fresh && has_keys {
+                let why = "every key is cooling down after 429, 401 or 403";
+                self.skipped.push(format!("{}: skipped, {why}", t.id));
             }
             self.skip_target();
         }
@@ -207,26 +217,34 @@ impl Exchange {
     ) -> bool {
         let now = now_ms();
         let policy = self.policy();
+        let Some((t, p)) = self.target() else {
+            return false;
+        };
+        let (id, p) = (t.id.clone(), p.clone());
+        if failure == Failure::Unsuitable {
+            self.skipped.push(format!("{id}: skipped, {what}"));
+            self.skip_target();
+            return true;
+        }
         if self.primary_status.is_none() {
             self.primary_status = Some(status);
             self.primary_http = http;
         }
-        let Some((t, p)) = self.target() else {
-            return false;
-        };
-        let p = p.clone();
         let key_name = self
             .key
             .map(|k| match p.keys.get(k).and_then(|k| k.name.as_deref()) {
                 Some(name) => format!(" (key {name})"),
                 None => format!(" (key {k})"),
             });
-        let line = format!("{}{}: {what}", t.id, key_name.unwrap_or_default());
+        let line = format!("{id}{}: {what}", key_name.unwrap_or_default());
         self.failures.push(line);
         let key = self.key.and_then(|k| p.keys.get(k));
         match failure {
             Failure::RateLimited => {
-                let wait = retry_after.unwrap_or(Duration::from_secs(1));
+                let wait = retry_after
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(MAX_RETRY_AFTER);
+                self.retry_after = self.retry_after.max(Some(wait));
                 if let Some(k) = key {
                     k.cooldown.until(now + wait.as_millis() as u64);
                 }
@@ -238,10 +256,7 @@ impl Exchange {
                 }
                 true
             }
-            Failure::Unsuitable => {
-                self.skip_target();
-                true
-            }
+            Failure::Unsuitable => true,
             Failure::Transient => {
                 p.breaker
                     .failure(now, policy.breaker_failures, policy.breaker_cooldown_ms);
@@ -260,16 +275,6 @@ impl Exchange {
                 true
             }
         }
-    }
-
-    /// A pooled connection the upstream had closed: the same target once more, at once (once
-    /// per request).
-    pub fn retry_stale_connection(&mut self) -> bool {
-        if std::mem::replace(&mut self.stale_retried, true) {
-            return false;
-        }
-        self.tried_keys = 0;
-        true
     }
 
     /// The upstream answered: its circuit closes.

@@ -31,7 +31,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::{FailToProxy, ProxyHttp};
-use pingora::{Error, ErrorSource, ErrorType, Result, RetryType};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -210,7 +210,12 @@ async fn respond(
     Ok(())
 }
 
-async fn respond_error(session: &mut Session, request_id: &str, e: &ApiError) -> Result<()> {
+async fn respond_error(
+    session: &mut Session,
+    request_id: &str,
+    e: &ApiError,
+    extra: &[(&str, &str)],
+) -> Result<()> {
     let path = session.req_header().uri.path();
     let anthropic = path.starts_with("/v1/messages");
     let allow = match Endpoint::from_path(path) {
@@ -218,12 +223,18 @@ async fn respond_error(session: &mut Session, request_id: &str, e: &ApiError) ->
         None if path == COUNT_TOKENS => "POST",
         None => "GET, HEAD",
     };
-    let extra: &[(&str, &str)] = if e.status == 405 {
-        &[("allow", allow)]
-    } else {
-        &[]
-    };
-    respond(session, request_id, e.status, e.body_for(anthropic), extra).await
+    let mut headers = extra.to_vec();
+    if e.status == 405 {
+        headers.push(("allow", allow));
+    }
+    respond(
+        session,
+        request_id,
+        e.status,
+        e.body_for(anthropic),
+        &headers,
+    )
+    .await
 }
 
 fn method_not_allowed(path: &str) -> ApiError {
@@ -463,6 +474,19 @@ async fn read_body(
     Ok(Ok(body.freeze()))
 }
 
+/// The SSE event that ends a stream which broke off, in the client's dialect.
+fn stream_error_event(message: &str, anthropic: bool) -> Bytes {
+    let e = ApiError::upstream(502, "upstream_stream_error", message);
+    let mut event = BytesMut::from(if anthropic {
+        &b"event: error\ndata: "[..]
+    } else {
+        &b"data: "[..]
+    });
+    event.extend_from_slice(&e.body_for(anthropic));
+    event.extend_from_slice(b"\n\n");
+    event.freeze()
+}
+
 /// The body that replaces an upstream answer that could not be translated.
 fn untranslatable(why: &str, anthropic: bool) -> Vec<u8> {
     let e = ApiError::upstream(
@@ -494,18 +518,37 @@ fn describe(e: &Error) -> String {
 /// The error for a client whose every attempt failed: the first attempt's status, and a list of
 /// what each attempt met.
 fn upstream_failure(e: &Error, ex: &Exchange) -> ApiError {
-    let status = ex.primary_status.unwrap_or_else(|| transport_status(e));
-    let code = match (status, ex.primary_http) {
-        (504, false) => "upstream_timeout",
-        (_, false) => "upstream_unavailable",
-        _ => "upstream_error",
+    let attempted = !ex.failures.is_empty();
+    // Every target was passed over (circuit open, keys cooling, no such API).
+    let all_skipped = !attempted && !ex.skipped.is_empty();
+    let unsupported = all_skipped && ex.skipped.iter().all(|s| s.contains(" API"));
+    let (status, code) = match ex.primary_status {
+        Some(s) if ex.primary_http => (s, "upstream_error"),
+        _ if unsupported => (400, "unsupported_by_provider"),
+        _ if all_skipped => (503, "no_available_target"),
+        Some(s) => (
+            s,
+            if s == 504 {
+                "upstream_timeout"
+            } else {
+                "upstream_unavailable"
+            },
+        ),
+        None => match transport_status(e) {
+            504 => (504, "upstream_timeout"),
+            s => (s, "upstream_unavailable"),
+        },
     };
-    let message = if ex.failures.is_empty() {
-        format!("The upstream failed: {}.", describe(e))
-    } else {
-        let n = ex.failures.len();
-        let plural = if n == 1 { "" } else { "s" };
-        format!("{n} attempt{plural} failed: {}.", ex.failures.join("; "))
+    let mut lines = ex.failures.clone();
+    lines.extend(ex.skipped.iter().cloned());
+    let message = match (attempted, lines.is_empty()) {
+        (_, true) => format!("The upstream failed: {}.", describe(e)),
+        (false, false) => format!("No target could be tried: {}.", lines.join("; ")),
+        (true, false) => {
+            let n = ex.failures.len();
+            let plural = if n == 1 { "" } else { "s" };
+            format!("{n} attempt{plural} failed: {}.", lines.join("; "))
+        }
     };
     ApiError::upstream(status, code, message)
 }
@@ -560,7 +603,7 @@ impl ProxyHttp for Gateway {
             Ok(Next::Proxy) => Ok(false),
             Err(e) => {
                 ctx.error = Some(e.code.to_string());
-                respond_error(session, &ctx.request_id, &e).await?;
+                respond_error(session, &ctx.request_id, &e, &[]).await?;
                 Ok(true)
             }
         }
@@ -681,7 +724,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         mut e: Box<Error>,
         ctx: &mut Ctx,
-        client_reused: bool,
+        _client_reused: bool,
     ) -> Box<Error> {
         let Some(ex) = ctx.exchange.as_deref_mut() else {
             e.set_retry(false);
@@ -693,14 +736,9 @@ impl ProxyHttp for Gateway {
         } else if std::mem::take(&mut ex.failure_recorded) {
             // `response_filter` refused the answer and recorded why.
             e.set_retry(true);
-        } else if client_reused
-            && matches!(e.retry, RetryType::ReusedOnly)
-            && ex.retry_stale_connection()
-        {
-            // Most likely a pooled connection that the upstream had closed, so the request never
-            // arrived: the same target once more, on a fresh connection.
-            e.set_retry(true);
         } else {
+            // A reset on a pooled connection may mean the upstream had closed it, or that it
+            // took the request; either way it counts as one of the target's tries.
             log::warn!("{}: upstream {peer} failed: {e}", ctx.request_id);
             let retry = ex.failed(
                 Failure::Transient,
@@ -785,7 +823,9 @@ impl ProxyHttp for Gateway {
             _ => ResponseBody::Pass,
         };
         if !matches!(ex.mode, ResponseBody::Json(_) | ResponseBody::Pass) {
+            // The body changes length: frame it by chunks.
             resp.remove_header(&header::CONTENT_LENGTH);
+            resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
         if matches!(
             ex.mode,
@@ -902,6 +942,17 @@ impl ProxyHttp for Gateway {
                         out = joined.freeze();
                     }
                 }
+                if end && !filter.done && !filter.error {
+                    // The upstream ended the stream without its closing event: say so.
+                    let anthropic = ex.request.endpoint.anthropic();
+                    let mut joined = BytesMut::from(&out[..]);
+                    joined.extend_from_slice(&stream_error_event(
+                        "the upstream stream ended early",
+                        anthropic,
+                    ));
+                    out = joined.freeze();
+                    lock(&ex.outcome).error = Some("upstream_stream_incomplete".into());
+                }
                 *body = Some(out);
                 if filter.error {
                     lock(&ex.outcome).error = Some("upstream_stream_error".into());
@@ -947,35 +998,29 @@ impl ProxyHttp for Gateway {
             }
         };
         let written = match session.response_written() {
-            // All keys are rate limited: say when to come back.
-            None if api.status == 429 => {
-                respond(
-                    session,
-                    &ctx.request_id,
-                    429,
-                    api.body(),
-                    &[("retry-after", "1")],
-                )
-                .await
+            None => {
+                // Pingora does not reuse a client connection after a failed upstream exchange:
+                // say so in the answer.
+                session.set_keepalive(None);
+                let mut extra = Vec::new();
+                let retry_after = ctx
+                    .exchange
+                    .as_deref()
+                    .and_then(|ex| ex.retry_after)
+                    .map(|d| d.as_secs_f64().ceil().max(1.0).to_string());
+                if let Some(secs) = retry_after.as_deref().filter(|_| api.status == 429) {
+                    extra.push(("retry-after", secs));
+                }
+                respond_error(session, &ctx.request_id, &api, &extra).await
             }
-            None => respond_error(session, &ctx.request_id, &api).await,
             // A stream already under way ends with an error event.
             Some(resp) if is_sse(resp) => {
-                let e = ApiError::upstream(502, "upstream_stream_error", api.message.clone());
                 let anthropic = ctx
                     .exchange
                     .as_deref()
                     .is_some_and(|ex| ex.request.endpoint.anthropic());
-                let mut event = BytesMut::from(if anthropic {
-                    &b"event: error\ndata: "[..]
-                } else {
-                    &b"data: "[..]
-                });
-                event.extend_from_slice(&e.body_for(anthropic));
-                event.extend_from_slice(b"\n\n");
-                session
-                    .write_response_body(Some(event.freeze()), true)
-                    .await
+                let event = stream_error_event(&api.message, anthropic);
+                session.write_response_body(Some(event), true).await
             }
             Some(_) => return gone,
         };
