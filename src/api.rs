@@ -147,6 +147,25 @@ fn is_null(raw: &RawValue) -> bool {
 
 impl ClientRequest {
     pub fn parse(endpoint: Endpoint, bytes: &[u8]) -> Result<ClientRequest, ApiError> {
+        let required: &[&str] = match endpoint {
+            Endpoint::Chat => &["messages"],
+            Endpoint::Completions => &["prompt"],
+            Endpoint::Embeddings => &["input"],
+            Endpoint::Messages => &["messages", "max_tokens"],
+        };
+        Self::parse_requiring(endpoint, bytes, required)
+    }
+
+    /// A body for Anthropic's `count_tokens`: a message without `max_tokens`.
+    pub fn parse_count_tokens(bytes: &[u8]) -> Result<ClientRequest, ApiError> {
+        Self::parse_requiring(Endpoint::Messages, bytes, &["messages"])
+    }
+
+    fn parse_requiring(
+        endpoint: Endpoint,
+        bytes: &[u8],
+        required: &[&str],
+    ) -> Result<ClientRequest, ApiError> {
         let fields: IndexMap<String, Box<RawValue>> =
             serde_json::from_slice(bytes).map_err(|e| {
                 if e.classify() == Category::Data {
@@ -172,12 +191,6 @@ impl ClientRequest {
                 }
             }
         }
-        let required: &[&str] = match endpoint {
-            Endpoint::Chat => &["messages"],
-            Endpoint::Completions => &["prompt"],
-            Endpoint::Embeddings => &["input"],
-            Endpoint::Messages => &["messages", "max_tokens"],
-        };
         for field in std::iter::once(&"model").chain(required) {
             if fields.get(*field).is_none_or(|v| is_null(v)) {
                 return Err(ApiError::bad_request(

@@ -177,6 +177,12 @@ def test_count_tokens_and_anthropic_shaped_errors(gw):
     r = requests.post(gw.url + "/v1/messages", json={"model": "sonnet", "messages": [{"role": "user", "content": "x"}]},
                       timeout=10)
     assert r.status_code == 400 and "`max_tokens` is required" in r.json()["error"]["message"]
+    for bad in ([1], None, "text", {"model": "sonnet"}, {"model": "sonnet", "messages": {"role": "user"}}):
+        r = requests.post(gw.url + "/v1/messages/count_tokens", json=bad, timeout=10)
+        assert r.status_code == 400 and r.json()["type"] == "error", (bad, r.text)
+    r = requests.post(gw.url + "/v1/messages/count_tokens", json={"model": "nope", "messages": [
+        {"role": "user", "content": "x"}]}, timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
 
 
 def test_embeddings_cannot_go_to_claude(gw):

@@ -293,6 +293,24 @@ impl Gateway {
                 Ok(b) => b,
                 Err(e) => return Ok(Err(e)),
             };
+            // The same checks as a message, less `max_tokens`; the model must be one we route.
+            let checked = ClientRequest::parse_count_tokens(&body);
+            let request = match checked {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
+            };
+            let facts = Facts {
+                model: &request.model,
+                endpoint: Endpoint::Messages,
+                headers: &session.req_header().headers,
+                key: None,
+                team: None,
+                customer: None,
+                budget_used_percent: None,
+            };
+            if live.router.route(&facts).is_none() {
+                return Ok(Err(ApiError::model_not_found(&request.model)));
+            }
             return match anthropic::count_tokens(&body) {
                 Ok(n) => {
                     let answer = Bytes::from(format!("{{\"input_tokens\":{n}}}"));
