@@ -53,15 +53,7 @@ fn benches(c: &mut Criterion) {
     c.bench_function("parse_route_rewrite", |b| {
         b.iter(|| {
             let req = ClientRequest::parse(Endpoint::Chat, black_box(BODY)).expect("parse");
-            let facts = Facts {
-                model: &req.model,
-                endpoint: Endpoint::Chat,
-                headers: &headers,
-                key: None,
-                team: None,
-                customer: None,
-                budget_used_percent: None,
-            };
+            let facts = Facts::new(&req.model, Endpoint::Chat, &headers);
             let route = router.route(&facts).expect("route");
             let plan = route.plan(0.4);
             let target = &route.targets[plan[0]];

@@ -79,6 +79,21 @@ pub struct Facts<'a> {
     pub budget_used_percent: Option<f64>,
 }
 
+impl<'a> Facts<'a> {
+    /// The facts every request has; governance fills in the rest.
+    pub fn new(model: &'a str, endpoint: Endpoint, headers: &'a HeaderMap) -> Self {
+        Facts {
+            model,
+            endpoint,
+            headers,
+            key: None,
+            team: None,
+            customer: None,
+            budget_used_percent: None,
+        }
+    }
+}
+
 /// The header a `tier` condition reads.
 pub const TIER_HEADER: &str = "x-tollgate-tier";
 
@@ -601,15 +616,7 @@ models:
     }
 
     fn facts<'a>(model: &'a str, headers: &'a HeaderMap) -> Facts<'a> {
-        Facts {
-            model,
-            endpoint: Endpoint::Chat,
-            headers,
-            key: None,
-            team: None,
-            customer: None,
-            budget_used_percent: None,
-        }
+        Facts::new(model, Endpoint::Chat, headers)
     }
 
     fn chosen(r: &Router, f: &Facts) -> Option<String> {

@@ -4,7 +4,7 @@
 use super::Live;
 use crate::api::{ClientRequest, Endpoint};
 use crate::config::RetryPolicy;
-use crate::providers::anthropic::{self, ChatStreamToMessages, MessagesStreamToChat};
+use crate::providers::anthropic::{self, StreamTranslator};
 use crate::providers::health::now_ms;
 use crate::providers::Provider;
 use crate::routing::{Route, Target};
@@ -36,10 +36,8 @@ pub enum ResponseBody {
     Json(BytesMut),
     /// An SSE stream in the client's dialect.
     Sse(SseFilter),
-    /// An Anthropic stream for an OpenAI client.
-    ToChat(MessagesStreamToChat),
-    /// An OpenAI stream for an Anthropic client.
-    ToMessages(ChatStreamToMessages),
+    /// A stream in the other dialect, translated chunk by chunk.
+    Translated(Box<dyn StreamTranslator>),
     /// A whole body translated at its end.
     Translate(BytesMut, Translation),
     Pass,

@@ -299,15 +299,11 @@ impl Gateway {
                 Ok(r) => r,
                 Err(e) => return Ok(Err(e)),
             };
-            let facts = Facts {
-                model: &request.model,
-                endpoint: Endpoint::Messages,
-                headers: &session.req_header().headers,
-                key: None,
-                team: None,
-                customer: None,
-                budget_used_percent: None,
-            };
+            let facts = Facts::new(
+                &request.model,
+                Endpoint::Messages,
+                &session.req_header().headers,
+            );
             if live.router.route(&facts).is_none() {
                 return Ok(Err(ApiError::model_not_found(&request.model)));
             }
@@ -341,15 +337,7 @@ impl Gateway {
         drop(body);
         ctx.model = Some(request.model.clone());
         ctx.stream = request.stream;
-        let facts = Facts {
-            model: &request.model,
-            endpoint,
-            headers: &session.req_header().headers,
-            key: None,
-            team: None,
-            customer: None,
-            budget_used_percent: None,
-        };
+        let facts = Facts::new(&request.model, endpoint, &session.req_header().headers);
         let Some(route) = live.router.route(&facts).cloned() else {
             return Ok(Err(ApiError::model_not_found(&request.model)));
         };
@@ -818,12 +806,11 @@ impl ProxyHttp for Gateway {
         ex.mode = match (client_anthropic, upstream_anthropic, sse, status < 300) {
             (false, false, true, _) => ResponseBody::Sse(SseFilter::new(!ex.request.wants_usage)),
             (true, true, true, _) => ResponseBody::Sse(SseFilter::anthropic()),
-            (false, true, true, _) => ResponseBody::ToChat(MessagesStreamToChat::new(
-                &ex.request.model,
-                ex.request.wants_usage,
+            (false, true, true, _) => ResponseBody::Translated(Box::new(
+                MessagesStreamToChat::new(&ex.request.model, ex.request.wants_usage),
             )),
             (true, false, true, _) => {
-                ResponseBody::ToMessages(ChatStreamToMessages::new(&ex.request.model))
+                ResponseBody::Translated(Box::new(ChatStreamToMessages::new(&ex.request.model)))
             }
             (a, b, false, true) if a == b => ResponseBody::Json(BytesMut::new()),
             (false, true, false, true) => {
@@ -845,10 +832,7 @@ impl ProxyHttp for Gateway {
             resp.remove_header(&header::CONTENT_LENGTH);
             resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
-        if matches!(
-            ex.mode,
-            ResponseBody::ToChat(_) | ResponseBody::ToMessages(_)
-        ) {
+        if matches!(ex.mode, ResponseBody::Translated(_)) {
             resp.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
         }
         let (target, p) = ex.target().ok_or_else(|| internal("no target"))?;
@@ -892,18 +876,7 @@ impl ProxyHttp for Gateway {
                     (true, true) => Usage::from_anthropic_body(buf),
                 }
             }
-            ResponseBody::ToChat(t) => {
-                let mut out = body.take().map(|b| t.push(&b)).unwrap_or_default();
-                if end {
-                    out.extend(t.finish());
-                }
-                *body = Some(out.into());
-                if t.error() {
-                    lock(&ex.outcome).error = Some("upstream_stream_error".into());
-                }
-                t.usage().map(Usage::from_counts)
-            }
-            ResponseBody::ToMessages(t) => {
+            ResponseBody::Translated(t) => {
                 let mut out = body.take().map(|b| t.push(&b)).unwrap_or_default();
                 if end {
                     out.extend(t.finish());

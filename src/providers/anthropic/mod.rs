@@ -20,6 +20,40 @@ pub use request::chat_to_messages;
 pub use response::{error_to_openai, messages_to_chat};
 pub use stream::MessagesStreamToChat;
 
+/// A stream translated chunk by chunk: both directions have the same shape.
+pub trait StreamTranslator: Send + Sync {
+    /// Upstream SSE bytes in, in any split; the client's SSE bytes to send now out.
+    fn push(&mut self, chunk: &[u8]) -> Vec<u8>;
+    /// What is left when the upstream stream ends.
+    fn finish(&mut self) -> Vec<u8>;
+    /// (prompt, completion, cached) tokens, once known.
+    fn usage(&self) -> Option<(u64, u64, u64)>;
+    /// An error event arrived in the stream.
+    fn error(&self) -> bool;
+}
+
+macro_rules! stream_translator {
+    ($t:ty) => {
+        impl StreamTranslator for $t {
+            fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+                <$t>::push(self, chunk)
+            }
+            fn finish(&mut self) -> Vec<u8> {
+                <$t>::finish(self)
+            }
+            fn usage(&self) -> Option<(u64, u64, u64)> {
+                <$t>::usage(self)
+            }
+            fn error(&self) -> bool {
+                <$t>::error(self)
+            }
+        }
+    };
+}
+
+stream_translator!(MessagesStreamToChat);
+stream_translator!(ChatStreamToMessages);
+
 /// The header that carries an Anthropic key.
 pub const AUTH_HEADER: http::HeaderName = http::HeaderName::from_static("x-api-key");
 /// The `anthropic-version` sent when the client did not choose one.
