@@ -54,7 +54,7 @@ def test_check_refuses_values_that_would_break_at_run_time(tmp_path):
 listen: 127.0.0.1:8080
 threads: 0
 shutdown_grace_secs: 99999999
-timeouts: {read_ms: 0}
+timeouts: {first_byte_ms: 0}
 providers:
   sim:
     kind: openai
@@ -70,7 +70,7 @@ models:
     (tmp_path / "rules.yaml").write_text("rules: []\n")
     r = check(tmp_path / "gateway.yaml")
     assert r.returncode == 1
-    for expected in ["gateway.yaml:2: threads:", "gateway.yaml:3: shutdown_grace_secs:", "gateway.yaml:4: timeouts.read_ms:",
+    for expected in ["gateway.yaml:2: threads:", "gateway.yaml:3: shutdown_grace_secs:", "gateway.yaml:4: timeouts.first_byte_ms:",
                      "gateway.yaml:8: providers.sim.base_url:", "gateway.yaml:14: models[0].id: azure deployment"]:
         assert expected in r.stdout, r.stdout
 

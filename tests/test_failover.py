@@ -28,7 +28,7 @@ def two_targets(sim, first_keys="[{key: sk-a}]", extra=""):
     kind: openai
     base_url: {sim.url}/v1
     keys: {first_keys}
-    timeouts: {{read_ms: 600}}
+    timeouts: {{first_byte_ms: 600}}
   second:
     kind: openai
     base_url: {sim.url}/v1
@@ -60,8 +60,9 @@ def test_each_fault_retries_with_backoff_then_falls_back(make_gateway, sim, faul
     assert [q["outcome"] for q in sim.requests()[-3:]][-1] == "ok", "one success upstream, billed once"
 
 
-def test_stream_failing_before_its_first_byte_falls_back(make_gateway, sim):
-    gw = make_gateway(**two_targets(sim, first_keys="[{key: sk-fault-503}]"))
+@pytest.mark.parametrize("fault", ["503", "stall", "reset"])
+def test_stream_failing_before_its_first_byte_falls_back(make_gateway, sim, fault):
+    gw = make_gateway(**two_targets(sim, first_keys="[{key: sk-fault-%s}]" % fault))
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
     chunks = list(client.chat.completions.create(model="m", messages=MSG, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "sim reply to: hi"

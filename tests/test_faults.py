@@ -73,7 +73,7 @@ def test_gateway_made_errors_carry_the_request_id(make_gateway):
 
 def test_stalled_upstream_times_out_with_504(make_gateway, sim):
     gw = make_gateway(
-        providers=f"  sim:\n    kind: openai\n    base_url: {sim.url}/v1\n    timeouts: {{read_ms: 500}}\n"
+        providers=f"  sim:\n    kind: openai\n    base_url: {sim.url}/v1\n    timeouts: {{first_byte_ms: 500}}\n"
     )
     r = requests.post(gw.url + "/v1/chat/completions", json=BODY, headers={"x-sim-fault": "stall"}, timeout=10)
     assert r.status_code == 504
@@ -92,7 +92,7 @@ def test_midstream_error_reaches_the_client_and_the_log(gateway):
 
 def test_stream_that_goes_idle_ends_with_an_error_event(make_gateway, sim):
     gw = make_gateway(
-        providers=f"  sim:\n    kind: openai\n    base_url: {sim.url}/v1\n    timeouts: {{read_ms: 400}}\n"
+        providers=f"  sim:\n    kind: openai\n    base_url: {sim.url}/v1\n    timeouts: {{idle_ms: 400}}\n"
     )
     r = requests.post(
         gw.url + "/v1/chat/completions",
@@ -106,6 +106,41 @@ def test_stream_that_goes_idle_ends_with_an_error_event(make_gateway, sim):
     assert last["error"]["code"] == "upstream_stream_error"
     assert "[DONE]" not in r.text
     assert gw.log()[-1]["error"] == "upstream_timeout"
+
+
+def sim_with_timeouts(make_gateway, sim, first_byte_ms, idle_ms):
+    timeouts = f"{{first_byte_ms: {first_byte_ms}, idle_ms: {idle_ms}}}"
+    return make_gateway(providers=f"  sim:\n    kind: openai\n    base_url: {sim.url}/v1\n    timeouts: {timeouts}\n")
+
+
+def test_a_slow_first_byte_is_bounded_by_first_byte_not_idle(make_gateway, sim):
+    gw = sim_with_timeouts(make_gateway, sim, first_byte_ms=3000, idle_ms=200)
+    slow = {"x-sim-latency-ms": "800"}
+    r = requests.post(gw.url + "/v1/chat/completions", json=BODY, headers=slow, timeout=10)
+    assert r.status_code == 200, r.text
+    r = requests.post(gw.url + "/v1/chat/completions", json={**BODY, "stream": True}, headers=slow, timeout=10)
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]"), r.text
+
+
+def test_stream_gaps_are_bounded_by_idle_not_first_byte(make_gateway, sim):
+    gw = sim_with_timeouts(make_gateway, sim, first_byte_ms=300, idle_ms=3000)
+    gaps = {"x-sim-chunks": "3", "x-sim-chunk-gap-ms": "700"}
+    r = requests.post(gw.url + "/v1/chat/completions", json={**BODY, "stream": True}, headers=gaps, timeout=10)
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]"), r.text
+    # A whole answer that takes longer than first_byte_ms is a timeout.
+    r = requests.post(gw.url + "/v1/chat/completions", json=BODY, headers={"x-sim-latency-ms": "1500"}, timeout=10)
+    assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
+
+
+def test_a_stalled_stream_times_out_at_first_byte_ms(make_gateway, sim):
+    gw = sim_with_timeouts(make_gateway, sim, first_byte_ms=400, idle_ms=5000)
+    started = time.monotonic()
+    r = requests.post(gw.url + "/v1/chat/completions", json={**BODY, "stream": True},
+                      headers={"x-sim-fault": "stall"}, timeout=20)
+    assert r.status_code == 504, r.text
+    err = r.json()["error"]
+    assert err["code"] == "upstream_timeout" and "no first byte within 400 ms" in err["message"], err
+    assert time.monotonic() - started < 4, "two tries of 400 ms and a backoff, not the 5 s idle bound"
 
 
 def test_expect_100_continue_is_answered(gateway, sim):

@@ -158,7 +158,9 @@ pub struct TimeoutSpec {
     #[serde(default)]
     pub connect_ms: Option<u64>,
     #[serde(default)]
-    pub read_ms: Option<u64>,
+    pub first_byte_ms: Option<u64>,
+    #[serde(default)]
+    pub idle_ms: Option<u64>,
     #[serde(default)]
     pub write_ms: Option<u64>,
 }
@@ -284,8 +286,10 @@ pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,
-    /// The longest wait for any upstream read: time to first byte, and stream idle.
-    pub read: Duration,
+    /// From the end of the request to the first byte of the answer.
+    pub first_byte: Duration,
+    /// The longest silence once the answer has begun.
+    pub idle: Duration,
     pub write: Duration,
 }
 
@@ -296,7 +300,8 @@ impl Timeouts {
             None => *self,
             Some(s) => Timeouts {
                 connect: s.connect_ms.map_or(self.connect, ms),
-                read: s.read_ms.map_or(self.read, ms),
+                first_byte: s.first_byte_ms.map_or(self.first_byte, ms),
+                idle: s.idle_ms.map_or(self.idle, ms),
                 write: s.write_ms.map_or(self.write, ms),
             },
         }
@@ -305,7 +310,8 @@ impl Timeouts {
 
 const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
     connect: Duration::from_secs(5),
-    read: Duration::from_secs(120),
+    first_byte: Duration::from_secs(120),
+    idle: Duration::from_secs(60),
     write: Duration::from_secs(30),
 };
 
@@ -522,7 +528,8 @@ fn check_timeouts(r: &mut Report, base: &str, spec: Option<&TimeoutSpec>) {
     let Some(t) = spec else { return };
     for (name, v) in [
         ("connect_ms", t.connect_ms),
-        ("read_ms", t.read_ms),
+        ("first_byte_ms", t.first_byte_ms),
+        ("idle_ms", t.idle_ms),
         ("write_ms", t.write_ms),
     ] {
         if v == Some(0) {

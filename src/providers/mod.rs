@@ -6,11 +6,13 @@ pub mod anthropic;
 mod azure;
 pub mod health;
 mod openai;
+pub mod relay;
 
 use crate::api::Endpoint;
 use crate::config::{ProviderConfig, ProviderKind, Timeouts};
 use http::HeaderValue;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 
 /// A parsed `base_url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +101,8 @@ pub struct Provider {
     /// Anthropic: `max_tokens` for translated requests that give none.
     pub default_max_tokens: u64,
     pub breaker: health::Breaker,
+    /// Connects stream requests, which need the first-byte and idle deadlines apart.
+    pub relay: Arc<relay::RelayConnect>,
 }
 
 impl Provider {
@@ -163,6 +167,11 @@ impl Provider {
             deployments: spec.deployments.clone(),
             default_max_tokens: spec.default_max_tokens.unwrap_or(4096),
             breaker: health::Breaker::default(),
+            relay: Arc::new(relay::RelayConnect::new(
+                cfg.timeouts.connect,
+                cfg.timeouts.first_byte,
+                cfg.timeouts.idle,
+            )),
             base,
         })
     }
@@ -264,7 +273,8 @@ mod tests {
             },
             timeouts: Timeouts {
                 connect: Default::default(),
-                read: Default::default(),
+                first_byte: Default::default(),
+                idle: Default::default(),
                 write: Default::default(),
             },
         };

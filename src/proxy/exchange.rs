@@ -6,6 +6,7 @@ use crate::api::{ClientRequest, Endpoint};
 use crate::config::RetryPolicy;
 use crate::providers::anthropic::{self, StreamTranslator};
 use crate::providers::health::now_ms;
+use crate::providers::relay::{Expired, RelayState};
 use crate::providers::Provider;
 use crate::routing::{Route, Target};
 use crate::sse::SseFilter;
@@ -94,6 +95,8 @@ pub struct Exchange {
     pub response_started: bool,
     /// `response_filter` already recorded why this attempt failed.
     pub failure_recorded: bool,
+    /// The relay of this attempt's connection, for stream requests.
+    pub relay: Option<Arc<RelayState>>,
     /// The longest Retry-After an upstream gave, for the client if every attempt fails.
     pub retry_after: Option<Duration>,
     pub mode: ResponseBody,
@@ -134,6 +137,7 @@ impl Exchange {
             started,
             response_started: false,
             failure_recorded: false,
+            relay: None,
             retry_after: None,
             mode: ResponseBody::Pass,
             failures: Vec::new(),
@@ -153,12 +157,23 @@ impl Exchange {
         Some((t, self.live.providers.get(t.provider)?))
     }
 
+    /// The deadline this attempt's relay enforced, in words, if one passed.
+    pub fn expired(&self) -> Option<String> {
+        let why = self.relay.as_ref()?.expired()?;
+        let t = &self.target()?.1.timeouts;
+        Some(match why {
+            Expired::FirstByte => format!("no first byte within {} ms", t.first_byte.as_millis()),
+            Expired::Idle => format!("the stream was silent for {} ms", t.idle.as_millis()),
+        })
+    }
+
     /// Moves to the next usable key of the current target, or to the next target whose circuit
     /// is closed. The last target is tried even with its circuit open, rather than none.
     /// Resets the per-attempt state; false when nothing is left to try.
     pub fn next_attempt(&mut self) -> bool {
         self.response_started = false;
         self.failure_recorded = false;
+        self.relay = None;
         self.mode = ResponseBody::Pass;
         let now = now_ms();
         let policy = self.policy();

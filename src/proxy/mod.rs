@@ -93,6 +93,10 @@ const CLIENT_ONLY: [&str; 6] = [
 const COUNT_TOKENS: &str = "/v1/messages/count_tokens";
 /// How long an idle client connection is kept open.
 const KEEPALIVE_SECS: u64 = 60;
+/// Pingora's read bound on relayed connections, past the relay's own deadlines.
+const RELAY_SLACK: Duration = Duration::from_secs(5);
+/// The connection-pool group of relayed (stream) connections, apart from plain ones.
+const RELAYED: u64 = 1;
 /// Largest non-stream response body read for usage accounting; larger ones pass unread.
 const ACCOUNTING_LIMIT: usize = 16 * 1024 * 1024;
 
@@ -540,6 +544,7 @@ fn upstream_failure(e: &Error, ex: &Exchange) -> ApiError {
                 "upstream_unavailable"
             },
         ),
+        None if ex.expired().is_some() => (504, "upstream_timeout"),
         None => match transport_status(e) {
             504 => (504, "upstream_timeout"),
             s => (s, "upstream_unavailable"),
@@ -548,7 +553,10 @@ fn upstream_failure(e: &Error, ex: &Exchange) -> ApiError {
     let mut lines = ex.failures.clone();
     lines.extend(ex.skipped.iter().cloned());
     let message = match (attempted, lines.is_empty()) {
-        (_, true) => format!("The upstream failed: {}.", describe(e)),
+        (_, true) => format!(
+            "The upstream failed: {}.",
+            ex.expired().unwrap_or_else(|| describe(e))
+        ),
         (false, false) => format!("No target could be tried: {}.", lines.join("; ")),
         (true, false) => {
             let n = ex.failures.len();
@@ -639,15 +647,41 @@ impl ProxyHttp for Gateway {
             .addr
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "provider has no address"))?;
         let mut peer = HttpPeer::new(addr, p.base.tls, p.base.host.clone());
-        peer.options.connection_timeout = Some(p.timeouts.connect);
-        peer.options.total_connection_timeout = Some(p.timeouts.connect);
-        peer.options.read_timeout = Some(p.timeouts.read);
-        peer.options.write_timeout = Some(p.timeouts.write);
+        let t = &p.timeouts;
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.total_connection_timeout = Some(t.connect);
+        peer.options.write_timeout = Some(t.write);
+        if ex.request.stream {
+            // The relay enforces both deadlines; Pingora's bound only backs it up.
+            peer.options.custom_l4 = Some(p.relay.clone());
+            peer.options.read_timeout = Some(t.first_byte.max(t.idle) + RELAY_SLACK);
+            peer.group_key = RELAYED;
+        } else {
+            // A whole answer arrives at once: its first byte is what takes time.
+            peer.options.read_timeout = Some(t.first_byte);
+        }
         let mut o = lock(&ex.outcome);
         o.attempts += 1;
         o.provider = Some(p.name.clone());
         o.upstream_model = Some(target.model.clone());
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let ex = exchange(ctx)?;
+        if ex.request.stream {
+            let (_, p) = ex.target().ok_or_else(|| internal("no target"))?;
+            ex.relay = p.relay.state(fd);
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -746,13 +780,11 @@ impl ProxyHttp for Gateway {
             // A reset on a pooled connection may mean the upstream had closed it, or that it
             // took the request; either way it counts as one of the target's tries.
             log::warn!("{}: upstream {peer} failed: {e}", ctx.request_id);
-            let retry = ex.failed(
-                Failure::Transient,
-                transport_status(&e),
-                false,
-                &describe(&e),
-                None,
-            );
+            let (status, what) = match ex.expired() {
+                Some(what) => (504, what),
+                None => (transport_status(&e), describe(&e)),
+            };
+            let retry = ex.failed(Failure::Transient, status, false, &what, None);
             e.set_retry(retry);
         }
         e
