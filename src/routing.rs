@@ -347,7 +347,7 @@ impl Router {
     pub fn build(
         gw: &GatewayConfig,
         providers: &[Arc<Provider>],
-        rules: &[RuleSpec],
+        rules: &[Option<RuleSpec>],
         r: &mut Report,
     ) -> Option<Router> {
         let provider_index: HashMap<&str, usize> = providers
@@ -417,6 +417,8 @@ impl Router {
         let mut compiled: Vec<(i64, usize, Rule)> = Vec::new();
         let mut names = HashMap::new();
         for (i, rule) in rules.iter().enumerate() {
+            // A rule that could not be read was reported by the parser.
+            let Some(rule) = rule else { continue };
             let base = format!("rules[{i}]");
             if let Some(prev) = names.insert(rule.name.as_str(), i) {
                 r.error(
@@ -531,7 +533,7 @@ impl Router {
                     &format!("rules[{i}].match"),
                     format!(
                         "can never match: rules[{j}] (`{}`) takes every request it would",
-                        rules[*j].name
+                        rules[*j].as_ref().map_or("", |r| r.name.as_str())
                     ),
                 );
             }
@@ -549,7 +551,7 @@ impl Router {
                     .map(|n| (n, owner.clone())),
             );
         }
-        for rule in rules {
+        for rule in rules.iter().flatten() {
             for model in rule
                 .matches
                 .model
@@ -609,10 +611,28 @@ models:
             .map(|p| Arc::new(Provider::resolve(p, &|_| None, true).unwrap()))
             .collect();
         assert_eq!(providers[0].kind, ProviderKind::Openai);
-        let rules = parse_rules(Path::new("rules.yaml"), rules).unwrap();
+        let (rules, errors) = parse_rules(Path::new("rules.yaml"), rules);
         let mut r = Report::new(Path::new("rules.yaml"), "");
-        Router::build(&gw, &providers, &rules, &mut r)
-            .ok_or_else(|| r.errors.iter().map(|e| e.to_string()).collect())
+        r.errors = errors;
+        match Router::build(&gw, &providers, &rules, &mut r) {
+            Some(router) if r.errors.is_empty() => Ok(router),
+            _ => Err(r.errors.iter().map(|e| e.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn a_rule_that_cannot_be_read_does_not_hide_the_others_errors() {
+        let e = router(
+            "rules:\n  - name: broken\n    targets: [{to: sim/m, weight: heavy}]\n  - name: next\n    targets: [{to: nowhere/m}]\n",
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].contains("rules[0].targets[0].weight"), "{e:?}");
+        assert!(
+            e[1].contains("rules[1].targets[0].to: unknown provider `nowhere`"),
+            "{e:?}"
+        );
     }
 
     fn facts<'a>(model: &'a str, headers: &'a HeaderMap) -> Facts<'a> {

@@ -24,7 +24,7 @@ pub fn load(path: &Path, lookup: bool) -> Result<Live, Vec<ConfigError>> {
             // Still report what can be checked in the rules file on its own.
             let rules = config::rules_path_hint(path);
             if let Ok(text) = config::read(&rules) {
-                errors.extend(config::parse_rules(&rules, &text).err().unwrap_or_default());
+                errors.extend(config::parse_rules(&rules, &text).1);
             }
             return Err(errors);
         }
@@ -61,9 +61,14 @@ fn load_rules(
 ) -> Result<Router, Vec<ConfigError>> {
     let path = &gateway.rules_path;
     let text = config::read(path)?;
-    let rules = config::parse_rules(path, &text)?;
+    let (rules, errors) = config::parse_rules(path, &text);
     let mut report = Report::new(path, &text);
-    Router::build(gateway, providers, &rules, &mut report).ok_or(report.errors)
+    report.errors = errors;
+    // Rules that were read are checked even when others were not, so one run shows every error.
+    match Router::build(gateway, providers, &rules, &mut report) {
+        Some(router) if report.errors.is_empty() => Ok(router),
+        _ => Err(report.errors),
+    }
 }
 
 /// Re-reads `rules.yaml` and swaps it in; an invalid file is refused and the old rules stay.

@@ -88,6 +88,23 @@ def test_check_reports_rule_errors(tmp_path):
     assert "rules.yaml:7: rules[0].targets[1].to: `sim/zzz` is not a model id" in r.stdout, r.stdout
 
 
+def test_check_reports_rules_that_cannot_be_read_and_the_others_errors_together(tmp_path):
+    (tmp_path / "gateway.yaml").write_text(
+        "listen: 127.0.0.1:8080\nproviders:\n  sim:\n    kind: openai\n    base_url: http://127.0.0.1:1/v1\nmodels:\n  - id: sim/a\n"
+    )
+    (tmp_path / "rules.yaml").write_text(
+        "rules:\n  - name: r1\n    match: {model: x, colour: red}\n    targets: [{to: sim/a}]\n"
+        "  - name: r2\n    match: {model: y}\n    targets: [{to: elsewhere/a}]\n"
+        "  - name: r3\n    match: {model: '*'}\n    targets: [{to: sim/a}]\n"
+        "  - name: r4\n    match: {model: z}\n    targets: [{to: sim/a}]\n"
+    )
+    r = check(tmp_path / "gateway.yaml")
+    assert r.returncode == 1
+    assert "rules.yaml:3: rules[0].match.colour: unknown field `colour`" in r.stdout, r.stdout
+    assert "rules[1].targets[0].to: unknown provider `elsewhere`" in r.stdout, r.stdout
+    assert "rules[3].match: can never match: rules[2] (`r3`)" in r.stdout, r.stdout
+
+
 def ask(gw, model="routed") -> requests.Response:
     return requests.post(
         gw.url + "/v1/chat/completions",

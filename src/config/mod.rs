@@ -689,10 +689,12 @@ pub fn rules_path_hint(gateway: &Path) -> PathBuf {
 }
 
 /// Parses `rules.yaml`; checks against the catalog happen in `routing::Router::build`.
-pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<RuleSpec>, Vec<ConfigError>> {
+/// Parses `rules.yaml` rule by rule: a rule that cannot be read is `None` in its place, so the
+/// others can still be checked. Problems with the whole file give no rules at all.
+pub fn parse_rules(path: &Path, text: &str) -> (Vec<Option<RuleSpec>>, Vec<ConfigError>) {
     let mut r = Report::new(path, text);
     let Some(root) = r.parse_yaml() else {
-        return Err(r.errors);
+        return (Vec::new(), r.errors);
     };
     // An empty file is refused: an editor that truncates before writing must not drop every rule.
     if !root.get("rules").is_some_and(Value::is_sequence) {
@@ -700,22 +702,18 @@ pub fn parse_rules(path: &Path, text: &str) -> Result<Vec<RuleSpec>, Vec<ConfigE
             "rules",
             "the file needs a `rules:` list (write `rules: []` for none)",
         );
-        return Err(r.errors);
+        return (Vec::new(), r.errors);
     }
     let Some(top) = r.de::<RulesTop>("", &root) else {
-        return Err(r.errors);
+        return (Vec::new(), r.errors);
     };
-    let mut rules = Vec::new();
-    for (i, value) in top.rules.iter().enumerate() {
-        if let Some(rule) = r.de::<RuleSpec>(&format!("rules[{i}]"), value) {
-            rules.push(rule);
-        }
-    }
-    if r.errors.is_empty() {
-        Ok(rules)
-    } else {
-        Err(r.errors)
-    }
+    let rules = top
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, value)| r.de::<RuleSpec>(&format!("rules[{i}]"), value))
+        .collect();
+    (rules, r.errors)
 }
 
 #[cfg(test)]
@@ -829,26 +827,28 @@ models:
 
     #[test]
     fn rules_parse_and_report() {
-        let ok = parse_rules(
+        let (ok, e) = parse_rules(
             Path::new("r.yaml"),
             "rules:\n  - name: m\n    match: {model: [m, 'n*'], type: chat}\n    targets:\n      - to: a/m\n",
-        )
-        .unwrap();
-        assert_eq!(ok[0].matches.model, ["m", "n*"]);
-        assert_eq!(ok[0].matches.kind, ["chat"]);
-        assert_eq!(ok[0].targets[0].weight, 1.0);
-        let e = parse_rules(
+        );
+        assert!(e.is_empty());
+        let ok = ok[0].as_ref().unwrap();
+        assert_eq!(ok.matches.model, ["m", "n*"]);
+        assert_eq!(ok.matches.kind, ["chat"]);
+        assert_eq!(ok.targets[0].weight, 1.0);
+        // A rule that cannot be read leaves a gap; the one after it is still read.
+        let (rules, e) = parse_rules(
             Path::new("r.yaml"),
-            "rules:\n  - name: m\n    targets:\n      - to: a/m\n        weight: x\n",
-        )
-        .unwrap_err();
+            "rules:\n  - name: m\n    targets:\n      - to: a/m\n        weight: x\n  - name: n\n    targets: [{to: a/n}]\n",
+        );
         assert_eq!(e[0].path, "rules[0].targets[0].weight");
         assert_eq!(e[0].line, Some(5));
-        assert!(parse_rules(Path::new("r.yaml"), "rules: []\n")
-            .unwrap()
-            .is_empty());
+        assert!(rules[0].is_none());
+        assert_eq!(rules[1].as_ref().unwrap().name, "n");
+        let (rules, e) = parse_rules(Path::new("r.yaml"), "rules: []\n");
+        assert!(rules.is_empty() && e.is_empty());
         for empty in ["", "# only a comment\n", "rules:\n"] {
-            let e = parse_rules(Path::new("r.yaml"), empty).unwrap_err();
+            let (_, e) = parse_rules(Path::new("r.yaml"), empty);
             assert_eq!(e[0].path, "rules", "{empty:?}");
         }
     }
