@@ -40,7 +40,8 @@ fn setup() -> (GatewayConfig, Vec<Arc<Provider>>) {
 }
 
 fn build_router(gw: &GatewayConfig, providers: &[Arc<Provider>]) -> Router {
-    let rules = parse_rules(Path::new("rules.yaml"), RULES).expect("rules");
+    let (rules, errors) = parse_rules(Path::new("rules.yaml"), RULES);
+    assert!(errors.is_empty(), "{errors:?}");
     let mut report = Report::new(Path::new("rules.yaml"), RULES);
     Router::build(gw, providers, &rules, &mut report).expect("router")
 }
