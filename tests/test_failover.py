@@ -195,7 +195,8 @@ def test_keys_cooling_down_give_503_with_the_reason(make_gateway, sim):
 @pytest.fixture
 def scripted():
     """An upstream whose answer is chosen by the key: `retry-after-120` answers 429 with
-    Retry-After: 120; `cut` streams two chunks and ends without [DONE]."""
+    Retry-After: 120; `nonsense` answers 200 with JSON that is no answer; `cut` streams two
+    chunks and ends without [DONE]."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     import threading
 
@@ -205,7 +206,11 @@ def scripted():
         def do_POST(self):
             self.rfile.read(int(self.headers.get("content-length", 0)))
             key = self.headers.get("authorization", "")
-            if "retry-after-120" in key:
+            if "nonsense" in key or "nonsense" in self.headers.get("x-api-key", ""):
+                body = b'{"this is": "not an answer"}'
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+            elif "retry-after-120" in key:
                 body = b'{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}'
                 self.send_response(429)
                 self.send_header("retry-after", "120")
@@ -225,6 +230,22 @@ def scripted():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+@pytest.mark.parametrize("kind,path", [("anthropic", "/v1/chat/completions"), ("openai", "/v1/messages")])
+def test_an_answer_that_cannot_be_translated_is_a_502_not_a_200(make_gateway, scripted, kind, path):
+    base = scripted if kind == "anthropic" else scripted + "/v1"
+    gw = make_gateway(
+        providers=f"  up:\n    kind: {kind}\n    base_url: {base}\n    keys: [{{key: nonsense}}]\n",
+        models="models:\n  - id: up/primary\n    aliases: [m]\n",
+    )
+    body = {"model": "m", "max_tokens": 10, "messages": MSG}
+    r = requests.post(gw.url + path, json=body, timeout=10)
+    assert r.status_code == 502, r.text
+    err = r.json()["error"]
+    assert (err["type"] if kind == "openai" else err["code"]) in ("untranslatable_response", "api_error"), err
+    assert "could not be translated" in err["message"]
+    assert gw.log()[-1]["status"] == 502
 
 
 def test_retry_after_reaches_the_client(make_gateway, scripted):

@@ -24,6 +24,9 @@ pub struct Outcome {
     pub ttfb: Option<Duration>,
     pub usage: Option<Usage>,
     pub error: Option<String>,
+    /// The status the client must get instead of the upstream's, when the answer could not be
+    /// translated; honoured for answers held back until they are whole.
+    pub status: Option<u16>,
 }
 
 /// The lock is per request and never held across an await; a poisoned one is still usable.
@@ -155,6 +158,17 @@ impl Exchange {
     pub fn target(&self) -> Option<(&Target, &Arc<Provider>)> {
         let t = self.route.targets.get(*self.plan.get(self.pos)?)?;
         Some((t, self.live.providers.get(t.provider)?))
+    }
+
+    /// Some target of the route speaks the other dialect than the client.
+    pub fn may_translate(&self) -> bool {
+        let client_anthropic = self.request.endpoint.anthropic();
+        matches!(self.request.endpoint, Endpoint::Chat | Endpoint::Messages)
+            && self.route.targets.iter().any(|t| {
+                self.live.providers.get(t.provider).is_some_and(|p| {
+                    (p.kind == crate::config::ProviderKind::Anthropic) != client_anthropic
+                })
+            })
     }
 
     /// The deadline this attempt's relay enforced, in words, if one passed.

@@ -29,6 +29,7 @@ use exchange::{lock, Exchange, Failure, Outcome, ResponseBody, Translation};
 use http::{header, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
+use pingora::protocols::http::HttpTask;
 use pingora::proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -368,17 +369,27 @@ impl Gateway {
             started,
         );
         ctx.outcome = Some(exchange.outcome.clone());
-        if session.as_ref().retry_buffer_truncated() {
-            self.run_subrequest(session, exchange).await?;
+        // A whole answer translated from the other dialect is held until it is complete, so that
+        // one that cannot be translated gets an error status rather than a 200.
+        let hold = !exchange.request.stream && exchange.may_translate();
+        if hold || session.as_ref().retry_buffer_truncated() {
+            self.run_subrequest(session, exchange, hold).await?;
             return Ok(Ok(Next::Done));
         }
         ctx.exchange = Some(Box::new(exchange));
         Ok(Ok(Next::Proxy))
     }
 
-    /// Runs the exchange as a subrequest and streams its response to the client. If the client
-    /// goes away, the subrequest is dropped, which closes the upstream connection.
-    async fn run_subrequest(&self, session: &mut Session, exchange: Exchange) -> Result<()> {
+    /// Runs the exchange as a subrequest and streams its response to the client, or with `hold`,
+    /// writes it once it is whole. If the client goes away, the subrequest is dropped, which
+    /// closes the upstream connection.
+    async fn run_subrequest(
+        &self,
+        session: &mut Session,
+        exchange: Exchange,
+        hold: bool,
+    ) -> Result<()> {
+        let outcome = exchange.outcome.clone();
         let spawner = session
             .subrequest_spawner
             .as_ref()
@@ -392,6 +403,7 @@ impl Gateway {
         let run = prepared.run();
         tokio::pin!(run);
         let mut running = true;
+        let mut held = Vec::new();
         loop {
             let task = tokio::select! {
                 task = handle.rx.recv() => task,
@@ -404,7 +416,24 @@ impl Gateway {
                 }
             };
             let Some(task) = task else { break };
-            if session.write_response_tasks(vec![task]).await? {
+            let tasks = if hold {
+                let end = task.is_end();
+                held.push(task);
+                if !end {
+                    continue;
+                }
+                if let Some(status) = lock(&outcome).status {
+                    for t in &mut held {
+                        if let HttpTask::Header(h, _) = t {
+                            h.set_status(status)?;
+                        }
+                    }
+                }
+                std::mem::take(&mut held)
+            } else {
+                vec![task]
+            };
+            if session.write_response_tasks(tasks).await? {
                 if running {
                     run.await;
                 }
@@ -935,13 +964,19 @@ impl ProxyHttp for Gateway {
                                     let usage = Usage::from_body(&out);
                                     (out, usage)
                                 }
-                                Err(why) => (untranslatable(&why, false), None),
+                                Err(why) => {
+                                    lock(&ex.outcome).status = Some(502);
+                                    (untranslatable(&why, false), None)
+                                }
                             }
                         }
                         Translation::ChatToMessages => {
                             match anthropic::chat_to_messages_response(buf, model) {
                                 Ok(out) => (out, Usage::from_body(buf)),
-                                Err(why) => (untranslatable(&why, true), None),
+                                Err(why) => {
+                                    lock(&ex.outcome).status = Some(502);
+                                    (untranslatable(&why, true), None)
+                                }
                             }
                         }
                         Translation::AnthropicError(status) => {

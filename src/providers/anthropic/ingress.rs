@@ -2,8 +2,8 @@
 //! response, errors and a local token count.
 
 use super::{
-    compact_json, error_kind_for_status, read_content, stop_reason, Content, OpenAiUsage,
-    RawObject, Schema,
+    compact_json, error_kind_for_status, read_content, standard_error_status, stop_reason, Content,
+    OpenAiUsage, RawObject, Schema,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -551,7 +551,12 @@ fn text_chars(v: &Value) -> usize {
 }
 
 /// Translates an OpenAI error answer (or any error status) into Anthropic's
-/// `{"type":"error","error":{"type","message"}}`; the type follows the status, which is kept.
+/// `{"type":"error","error":{"type","message"}}`; the type follows the status (400
+/// `invalid_request_error`, 401 `authentication_error`, 402 `billing_error`, 403
+/// `permission_error`, 404 `not_found_error`, 413 `request_too_large`, 429 `rate_limit_error`,
+/// 503 and 529 `overloaded_error`, 504 `timeout_error`, other 4xx `invalid_request_error`, other
+/// 5xx `api_error`). Registered statuses and 529 are kept; others become standard ones (see
+/// `standard_error_status`).
 pub fn openai_error_to_anthropic(status: u16, openai_body: &[u8]) -> (u16, Vec<u8>) {
     let body: Value = serde_json::from_slice(openai_body).unwrap_or(Value::Null);
     let message = match &body["error"] {
@@ -563,6 +568,7 @@ pub fn openai_error_to_anthropic(status: u16, openai_body: &[u8]) -> (u16, Vec<u
         || format!("the upstream provider answered HTTP {status}"),
         str::to_string,
     );
+    let status = standard_error_status(status, true);
     let out = serde_json::json!({
         "type": "error",
         "error": {"type": error_kind_for_status(status), "message": message}
@@ -911,6 +917,12 @@ mod tests {
             (429, "rate_limit_error"),
             (500, "api_error"),
             (503, "overloaded_error"),
+            (529, "overloaded_error"),
+            (402, "billing_error"),
+            (504, "timeout_error"),
+            (409, "invalid_request_error"),
+            (422, "invalid_request_error"),
+            (502, "api_error"),
         ] {
             let body = json!({"error": {"message": "boom", "type": "x", "code": "y"}});
             let (s, out) = openai_error_to_anthropic(status, body.to_string().as_bytes());
@@ -925,6 +937,17 @@ mod tests {
         let out: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(out["error"]["type"], "api_error");
         assert!(out["error"]["message"].as_str().unwrap().contains("502"));
+        // Statuses no HTTP client knows become standard ones; 529 is Anthropic's own.
+        for (status, want, kind) in [
+            (520, 502, "api_error"),
+            (524, 504, "timeout_error"),
+            (499, 400, "invalid_request_error"),
+            (302, 502, "api_error"),
+        ] {
+            let (s, out) = openai_error_to_anthropic(status, b"{}");
+            let out: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!((s, &out["error"]["type"]), (want, &json!(kind)), "{status}");
+        }
         let (_, out) = openai_error_to_anthropic(400, b"{\"error\":\"plain\"}");
         let out: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(out["error"]["message"], "plain");

@@ -91,17 +91,37 @@ fn stop_reason(finish_reason: &str) -> &'static str {
     }
 }
 
-/// The Anthropic error type an HTTP status stands for.
+/// The Anthropic error type an HTTP status stands for. Anthropic uses `invalid_request_error` for
+/// the 4xx statuses it has no type for.
 fn error_kind_for_status(status: u16) -> &'static str {
     match status {
-        400 | 422 => "invalid_request_error",
         401 => "authentication_error",
+        402 => "billing_error",
         403 => "permission_error",
         404 => "not_found_error",
         413 => "request_too_large",
         429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
         503 | 529 => "overloaded_error",
+        504 => "timeout_error",
         _ => "api_error",
+    }
+}
+
+/// An error status as one HTTP clients and SDKs know. Registered statuses are kept. Anthropic's
+/// 529 (overloaded) is kept for Anthropic clients (`keep_529`) and becomes 503 for OpenAI ones,
+/// which retry it as a server overload. Unregistered 4xx become 400; CDN timeouts (522, 524)
+/// and 598/599 become 504; other unregistered statuses (Cloudflare's 52x, 3xx where an error was
+/// expected) become 502.
+fn standard_error_status(status: u16, keep_529: bool) -> u16 {
+    match status {
+        529 if keep_529 => 529,
+        529 => 503,
+        400..=418 | 421..=426 | 428 | 429 | 431 | 451 => status,
+        500..=508 | 510 | 511 => status,
+        400..=499 => 400,
+        522 | 524 | 598 | 599 => 504,
+        _ => 502,
     }
 }
 
@@ -110,10 +130,12 @@ fn openai_code(kind: &str) -> &str {
     match kind {
         "invalid_request_error" => "invalid_request",
         "authentication_error" => "invalid_api_key",
+        "billing_error" => "insufficient_quota",
         "permission_error" => "permission_denied",
         "not_found_error" => "not_found",
         "rate_limit_error" => "rate_limit_exceeded",
         "overloaded_error" => "overloaded",
+        "timeout_error" => "timeout",
         "api_error" => "server_error",
         other => other,
     }

@@ -124,6 +124,9 @@ struct MessagesRequest<'a> {
 struct Turn<'a> {
     role: &'static str,
     content: Vec<Block<'a>>,
+    /// The index of the first client message in this turn.
+    #[serde(skip)]
+    from: usize,
 }
 
 type CacheControl<'a> = Option<&'a RawValue>;
@@ -150,7 +153,8 @@ enum Block<'a> {
     },
     ToolResult {
         tool_use_id: String,
-        content: ToolContent<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        content: Option<ToolContent<'a>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         cache_control: CacheControl<'a>,
     },
@@ -216,6 +220,13 @@ struct Metadata {
 /// Translates an OpenAI `/v1/chat/completions` request into an Anthropic `/v1/messages` one.
 /// Fields Anthropic has no use for (`n` = 1, penalties, `logit_bias`, `seed`, `stream_options`,
 /// `response_format`, `logprobs`, ...) are dropped; `n` > 1 is refused.
+///
+/// Anthropic refuses empty and whitespace-only text, so such text blocks are left out and an empty
+/// tool result is sent without `content`. Consecutive messages of one role make one turn; a turn
+/// left with no content is refused (dropping it would join the turns around it, or leave a
+/// conversation without its user turn), except a final assistant turn, an empty prefill, which
+/// is dropped. The trailing whitespace of a final assistant text is trimmed (Anthropic refuses
+/// it). Empty stop sequences are dropped, whitespace-only ones refused.
 pub fn chat_to_messages(
     openai_body: &[u8],
     upstream_model: &str,
@@ -228,7 +239,7 @@ pub fn chat_to_messages(
     }
     let mut system = Vec::new();
     let mut turns: Vec<Turn> = Vec::new();
-    for m in req.messages {
+    for (at, m) in req.messages.into_iter().enumerate() {
         let (role, mut blocks) = match m.role.as_str() {
             "system" | "developer" => {
                 let start = system.len();
@@ -243,13 +254,15 @@ pub fn chat_to_messages(
                     .tool_call_id
                     .ok_or("a `tool` message needs `tool_call_id`")?;
                 let content = match read_content::<Part>(m.content)? {
-                    Content::Text(t) => ToolContent::Text(t),
-                    Content::Parts(parts) => ToolContent::Blocks(
+                    Content::Text(t) if is_blank(&t) => None,
+                    Content::Text(t) => Some(ToolContent::Text(t)),
+                    Content::Parts(parts) => Some(ToolContent::Blocks(
                         parts
                             .into_iter()
                             .filter_map(|p| block(p).transpose())
-                            .collect::<Result<_, _>>()?,
-                    ),
+                            .collect::<Result<Vec<_>, _>>()?,
+                    ))
+                    .filter(|c| !matches!(c, ToolContent::Blocks(b) if b.is_empty())),
                 };
                 let result = Block::ToolResult {
                     tool_use_id: id,
@@ -263,12 +276,27 @@ pub fn chat_to_messages(
         mark_last(&mut blocks, m.cache_control);
         match turns.last_mut() {
             Some(t) if t.role == role => t.content.extend(blocks),
-            _ if blocks.is_empty() => {}
             _ => turns.push(Turn {
                 role,
                 content: blocks,
+                from: at,
             }),
         }
+    }
+    if let Some(last) = turns.last_mut().filter(|t| t.role == "assistant") {
+        if let Some(Block::Text { text, .. }) = last.content.last_mut() {
+            text.truncate(text.trim_end().len());
+        }
+        if last.content.is_empty() {
+            turns.pop();
+        }
+    }
+    if let Some(t) = turns.iter().find(|t| t.content.is_empty()) {
+        return Err(format!(
+            "messages[{}]: this {} message has no content (its text is empty or whitespace only), \
+             which this model's provider refuses; only a final assistant message may be empty",
+            t.from, t.role
+        ));
     }
     // Anthropic wants the tool results of a user turn before anything else in it.
     for t in turns.iter_mut().filter(|t| t.role == "user") {
@@ -297,7 +325,10 @@ pub fn chat_to_messages(
         top_p: req.top_p,
         stop_sequences: stop(req.stop)?,
         stream: req.stream,
-        metadata: req.user.map(|user_id| Metadata { user_id }),
+        metadata: req
+            .user
+            .filter(|u| !u.is_empty())
+            .map(|user_id| Metadata { user_id }),
     };
     serde_json::to_vec(&out).map_err(|e| e.to_string())
 }
@@ -308,10 +339,15 @@ fn mark_last<'a>(blocks: &mut [Block<'a>], mark: CacheControl<'a>) {
     }
 }
 
-/// The blocks of a string or of parts; empty text is left out (Anthropic refuses it).
+/// Text Anthropic refuses in a text block: empty or whitespace only.
+fn is_blank(text: &str) -> bool {
+    text.trim().is_empty()
+}
+
+/// The blocks of a string or of parts; blank text is left out (Anthropic refuses it).
 fn blocks_of(raw: Option<&RawValue>) -> Result<Vec<Block<'_>>, String> {
     match read_content::<Part>(raw)? {
-        Content::Text(t) if t.is_empty() => Ok(Vec::new()),
+        Content::Text(t) if is_blank(&t) => Ok(Vec::new()),
         Content::Text(t) => Ok(vec![Block::text(t, None)]),
         Content::Parts(parts) => parts
             .into_iter()
@@ -324,7 +360,7 @@ fn block(part: Part<'_>) -> Result<Option<Block<'_>>, String> {
     match part.kind.as_str() {
         "text" | "refusal" => {
             let text = part.text.or(part.refusal).unwrap_or_default();
-            Ok((!text.is_empty()).then(|| Block::text(text, part.cache_control)))
+            Ok((!is_blank(&text)).then(|| Block::text(text, part.cache_control)))
         }
         "image_url" => {
             let url = match part.image_url {
@@ -402,6 +438,8 @@ fn tool_choice(
     };
     if let Ok(mode) = serde_json::from_str::<String>(raw.get()) {
         return match mode.as_str() {
+            // With no tools these change nothing, and Anthropic refuses a `tool_choice` alone.
+            "auto" | "none" if !has_tools => Ok(None),
             "auto" => Ok(Some(choice("auto", None))),
             "required" => Ok(Some(choice("any", None))),
             "none" => Ok(Some(ToolChoice {
@@ -421,15 +459,26 @@ fn tool_choice(
     }
 }
 
+/// `stop` as Anthropic's `stop_sequences`. Empty sequences stop nothing (OpenAI ignores them,
+/// Anthropic refuses them), so they are dropped; a whitespace-only one is refused, since
+/// Anthropic refuses it and dropping it would change where the answer ends.
 fn stop(raw: Option<&RawValue>) -> Result<Option<Vec<String>>, String> {
     let bad = |_| "`stop` must be a string or an array of strings".to_string();
-    match raw.map(|r| r.get()) {
-        None | Some("null") => Ok(None),
+    let mut list: Vec<String> = match raw.map(|r| r.get()) {
+        None | Some("null") => return Ok(None),
         Some(text) if text.starts_with('"') => serde_json::from_str(text)
-            .map(|s: String| Some(vec![s]))
-            .map_err(bad),
-        Some(text) => serde_json::from_str(text).map(Some).map_err(bad),
+            .map(|s: String| vec![s])
+            .map_err(bad)?,
+        Some(text) => serde_json::from_str(text).map_err(bad)?,
+    };
+    list.retain(|s| !s.is_empty());
+    if let Some(s) = list.iter().find(|s| is_blank(s)) {
+        return Err(format!(
+            "`stop` sequence {s:?} is whitespace only, which this model's provider does not \
+             support; give stop sequences with a visible character"
+        ));
     }
+    Ok((!list.is_empty()).then_some(list))
 }
 
 #[cfg(test)]
@@ -617,6 +666,132 @@ mod tests {
         assert_eq!(out["max_tokens"], 50);
         assert_eq!(out["stop_sequences"], json!(["a", "b"]));
         assert!(out.get("stream").is_none());
+    }
+
+    #[test]
+    fn empty_messages_are_refused_unless_nothing_is_lost() {
+        let user = |c: Value| json!({"role": "user", "content": c});
+        let assistant = |c: Value| json!({"role": "assistant", "content": c});
+        let empties = [
+            json!(""),
+            json!("  \n"),
+            json!([]),
+            json!(null),
+            json!([{"type": "text", "text": ""}]),
+            json!([{"type": "text", "text": " "}, {"type": "text", "text": ""}]),
+        ];
+        for empty in &empties {
+            // Between two turns of the other role: dropping it would merge them. Refused.
+            for messages in [
+                json!([user(json!("a")), assistant(empty.clone()), user(json!("b"))]),
+                json!([user(empty.clone()), assistant(json!("a")), user(json!("b"))]),
+                json!([user(json!("a")), assistant(json!("b")), user(empty.clone())]),
+                json!([user(empty.clone())]),
+            ] {
+                let body = json!({"messages": messages});
+                let err = chat_to_messages(body.to_string().as_bytes(), "m", 1).unwrap_err();
+                assert!(err.contains("no content"), "{body}: {err}");
+            }
+            // Next to a message of its role, it joins that turn and nothing is lost.
+            let out = translate(json!({"messages": [
+                user(json!("a")), user(empty.clone()), assistant(empty.clone()),
+                assistant(json!("b")), user(json!("c"))
+            ]}));
+            assert_eq!(
+                out["messages"],
+                json!([
+                    {"role": "user", "content": [{"type": "text", "text": "a"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": "b"}]},
+                    {"role": "user", "content": [{"type": "text", "text": "c"}]}
+                ]),
+                "{empty}"
+            );
+            // A final empty assistant message (an empty prefill) asks for what no message does.
+            let out = translate(json!({"messages": [user(json!("a")), assistant(empty.clone())]}));
+            assert_eq!(
+                out["messages"],
+                json!([{"role": "user", "content": [{"type": "text", "text": "a"}]}])
+            );
+        }
+        // An assistant message with tool calls and no text is not empty.
+        let out = translate(json!({"messages": [
+            user(json!("a")),
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "r"}
+        ]}));
+        assert_eq!(out["messages"][1]["content"][0]["type"], "tool_use");
+    }
+
+    #[test]
+    fn blank_text_blocks_tool_results_and_prefill_whitespace() {
+        let out = translate(json!({"messages": [
+            {"role": "system", "content": "  "},
+            {"role": "user", "content": [
+                {"type": "text", "text": "a"}, {"type": "text", "text": "\n"}, {"type": "text", "text": "b"}
+            ]},
+            {"role": "assistant", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                {"id": "c2", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                {"id": "c3", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": ""},
+            {"role": "tool", "tool_call_id": "c2", "content": []},
+            {"role": "tool", "tool_call_id": "c3", "content": [{"type": "text", "text": " "}]},
+            {"role": "assistant", "content": "Sure, "}
+        ]}));
+        assert!(out.get("system").is_none());
+        let msgs = &out["messages"];
+        assert_eq!(
+            msgs[0]["content"],
+            json!([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}])
+        );
+        assert_eq!(
+            msgs[2]["content"],
+            json!([
+                {"type": "tool_result", "tool_use_id": "c1"},
+                {"type": "tool_result", "tool_use_id": "c2"},
+                {"type": "tool_result", "tool_use_id": "c3"}
+            ])
+        );
+        // Anthropic refuses a final assistant message that ends in whitespace.
+        assert_eq!(
+            msgs[3]["content"],
+            json!([{"type": "text", "text": "Sure,"}])
+        );
+    }
+
+    #[test]
+    fn empty_stop_sequences_are_dropped() {
+        let hi = json!([{"role": "user", "content": "hi"}]);
+        for (stop, want) in [
+            (json!(""), None),
+            (json!([""]), None),
+            (json!([]), None),
+            (json!(["", "END", ""]), Some(json!(["END"]))),
+            (json!(" END "), Some(json!([" END "]))),
+        ] {
+            let out = translate(json!({"messages": hi, "stop": stop}));
+            assert_eq!(out.get("stop_sequences"), want.as_ref(), "{stop}");
+        }
+        // A stop sequence of whitespace only: Anthropic refuses it, and dropping it would change
+        // where the answer ends.
+        for stop in [json!("\n"), json!(["END", " \t"])] {
+            let body = json!({"messages": hi, "stop": stop});
+            let err = chat_to_messages(body.to_string().as_bytes(), "m", 1).unwrap_err();
+            assert!(err.contains("whitespace"), "{err}");
+        }
+    }
+
+    #[test]
+    fn tool_choice_without_tools_and_empty_user() {
+        let hi = json!([{"role": "user", "content": "hi"}]);
+        for choice in [json!("auto"), json!("none")] {
+            let out = translate(json!({"messages": hi, "tool_choice": choice, "tools": []}));
+            assert!(out.get("tool_choice").is_none(), "{choice}");
+        }
+        let out = translate(json!({"messages": hi, "user": ""}));
+        assert!(out.get("metadata").is_none());
     }
 
     #[test]

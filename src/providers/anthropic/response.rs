@@ -1,8 +1,8 @@
 //! Anthropic Messages response and errors → OpenAI chat completion and errors.
 
 use super::{
-    compact_json, error_kind_for_status, finish_reason, openai_code, unix_now, AnthropicUsage,
-    ChatUsage, ErrorBody, Tokens,
+    compact_json, error_kind_for_status, finish_reason, openai_code, standard_error_status,
+    unix_now, AnthropicUsage, ChatUsage, ErrorBody, Tokens,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -11,7 +11,8 @@ use serde_json::value::RawValue;
 struct Message<'a> {
     #[serde(default)]
     id: String,
-    #[serde(default, borrow)]
+    /// Required: a body without it is not a message, whatever its status.
+    #[serde(borrow)]
     content: Vec<ResponseBlock<'a>>,
     stop_reason: Option<String>,
     #[serde(default)]
@@ -121,25 +122,31 @@ struct ErrorEnvelope {
     error: ErrorBody,
 }
 
-/// Translates an Anthropic error answer into OpenAI's `{"error":{"message","type","code"}}`.
-/// The status is kept, except Anthropic's 529 (overloaded), which becomes 503.
+/// Translates an Anthropic error answer into OpenAI's `{"error":{"message","type","code"}}`,
+/// with the status the client should get. Registered statuses are kept; Anthropic's 529
+/// (overloaded) becomes 503, which OpenAI clients retry as an overload, and other unregistered
+/// statuses become standard ones (see `standard_error_status`). The type is Anthropic's (from
+/// the body, else from the status); the code is OpenAI's word for it.
 pub fn error_to_openai(status: u16, anthropic_body: &[u8]) -> (u16, Vec<u8>) {
-    let (kind, message) = match serde_json::from_slice::<ErrorEnvelope>(anthropic_body) {
-        Ok(ErrorEnvelope { error }) if !error.message.is_empty() => {
-            let kind = if error.kind.is_empty() {
-                error_kind_for_status(status).to_string()
-            } else {
-                error.kind
-            };
-            (kind, error.message)
-        }
-        _ => (
-            error_kind_for_status(status).to_string(),
-            format!("the upstream provider answered HTTP {status}"),
-        ),
+    let client_status = standard_error_status(status, false);
+    let error = serde_json::from_slice::<ErrorEnvelope>(anthropic_body)
+        .map(|e| e.error)
+        .unwrap_or(ErrorBody {
+            kind: String::new(),
+            message: String::new(),
+        });
+    let kind = if error.kind.is_empty() {
+        // A 529 is an overload whatever status the client gets.
+        error_kind_for_status(standard_error_status(status, true)).to_string()
+    } else {
+        error.kind
     };
-    let status = if status == 529 { 503 } else { status };
-    (status, openai_error_json(&kind, &message))
+    let message = if error.message.is_empty() {
+        format!("the upstream provider answered HTTP {status}")
+    } else {
+        error.message
+    };
+    (client_status, openai_error_json(&kind, &message))
 }
 
 /// OpenAI's error body for an Anthropic error type and message.
@@ -330,5 +337,62 @@ mod tests {
         assert_eq!(v["error"]["type"], "api_error");
         assert_eq!(v["error"]["code"], "server_error");
         assert!(v["error"]["message"].as_str().unwrap().contains("502"));
+    }
+
+    #[test]
+    fn statuses_become_ones_openai_clients_know() {
+        let cases = [
+            // (Anthropic status, body type or "" for a non-JSON body, OpenAI status, type, code)
+            (
+                529,
+                "overloaded_error",
+                503,
+                "overloaded_error",
+                "overloaded",
+            ),
+            (529, "", 503, "overloaded_error", "overloaded"),
+            (
+                402,
+                "billing_error",
+                402,
+                "billing_error",
+                "insufficient_quota",
+            ),
+            (504, "timeout_error", 504, "timeout_error", "timeout"),
+            (
+                413,
+                "request_too_large",
+                413,
+                "request_too_large",
+                "request_too_large",
+            ),
+            (409, "", 409, "invalid_request_error", "invalid_request"),
+            (499, "", 400, "invalid_request_error", "invalid_request"),
+            (520, "", 502, "api_error", "server_error"),
+            (522, "", 504, "timeout_error", "timeout"),
+            (524, "", 504, "timeout_error", "timeout"),
+            (599, "", 504, "timeout_error", "timeout"),
+            (302, "", 502, "api_error", "server_error"),
+        ];
+        for (status, kind, want_status, want_kind, want_code) in cases {
+            let body = if kind.is_empty() {
+                b"<html>oops</html>".to_vec()
+            } else {
+                json!({"type": "error", "error": {"type": kind, "message": "boom"}})
+                    .to_string()
+                    .into_bytes()
+            };
+            let (s, b) = error_to_openai(status, &body);
+            let v: Value = serde_json::from_slice(&b).unwrap();
+            assert_eq!(s, want_status, "{status}");
+            assert_eq!(v["error"]["type"], want_kind, "{status}");
+            assert_eq!(v["error"]["code"], want_code, "{status}");
+        }
+        // A type with no message keeps its type.
+        let body = json!({"type": "error", "error": {"type": "overloaded_error", "message": ""}});
+        let (s, b) = error_to_openai(529, body.to_string().as_bytes());
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!((s, &v["error"]["type"]), (503, &json!("overloaded_error")));
+        assert!(v["error"]["message"].as_str().unwrap().contains("529"));
     }
 }

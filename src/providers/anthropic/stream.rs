@@ -2,9 +2,11 @@
 
 use super::response::openai_error_json;
 use super::{
-    finish_reason, unix_now, write_event, AnthropicUsage, ChatUsage, ErrorBody, SseReader, Tokens,
+    compact_json, finish_reason, unix_now, write_event, AnthropicUsage, ChatUsage, ErrorBody,
+    SseReader, Tokens,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 
 /// Turns an Anthropic `/v1/messages` event stream into OpenAI `chat.completion.chunk` events.
@@ -14,12 +16,22 @@ pub struct MessagesStreamToChat {
     include_usage: bool,
     id: String,
     created: u64,
-    /// (Anthropic block index, OpenAI tool call index) of each `tool_use` block.
-    tool_blocks: Vec<(u64, usize)>,
+    /// The `tool_use` blocks, in the order they started; a block's OpenAI tool call index is its
+    /// place here. Deltas find their block by its Anthropic index, in whatever order they come.
+    tool_blocks: Vec<ToolBlock>,
     tokens: Tokens,
     seen_usage: bool,
+    /// A chunk with `finish_reason` was sent.
+    finished: bool,
     stopped: bool,
     error: bool,
+}
+
+struct ToolBlock {
+    /// The Anthropic content block index.
+    block: u64,
+    /// Some argument text was sent for it.
+    has_arguments: bool,
 }
 
 #[derive(Deserialize)]
@@ -54,6 +66,8 @@ struct StartBlock<'a> {
     name: Cow<'a, str>,
     #[serde(default, borrow)]
     text: Cow<'a, str>,
+    #[serde(default, borrow)]
+    input: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +140,7 @@ impl MessagesStreamToChat {
             tool_blocks: Vec::new(),
             tokens: Tokens::default(),
             seen_usage: false,
+            finished: false,
             stopped: false,
             error: false,
         }
@@ -193,7 +208,10 @@ impl MessagesStreamToChat {
             "content_block_start" => match e.content_block {
                 Some(b) if b.kind == "tool_use" => {
                     let index = self.tool_blocks.len();
-                    self.tool_blocks.push((e.index.unwrap_or(0), index));
+                    self.tool_blocks.push(ToolBlock {
+                        block: e.index.unwrap_or(0),
+                        has_arguments: false,
+                    });
                     let call = ToolCallDelta {
                         index,
                         id: Some(&b.id),
@@ -204,6 +222,12 @@ impl MessagesStreamToChat {
                         },
                     };
                     self.tool_delta(out, call);
+                    // Anthropic starts with `"input": {}` and streams the input as deltas; a
+                    // compatible server may give the whole input here instead.
+                    let input = b.input.map(|i| compact_json(i.get()));
+                    if let Some(input) = input.filter(|i| i.starts_with('{') && i != "{}") {
+                        self.arguments(out, index, &input);
+                    }
                 }
                 Some(b) if b.kind == "text" && !b.text.is_empty() => {
                     self.text(out, &b.text);
@@ -213,29 +237,33 @@ impl MessagesStreamToChat {
             "content_block_delta" => match e.delta {
                 Some(d) if d.kind == "text_delta" && !d.text.is_empty() => self.text(out, &d.text),
                 Some(d) if d.kind == "input_json_delta" && !d.partial_json.is_empty() => {
-                    let block = e.index.unwrap_or(0);
                     // Deltas of server-side tools (web search, code execution) are not sent.
-                    if let Some(&(_, index)) = self.tool_blocks.iter().find(|(b, _)| *b == block) {
-                        let call = ToolCallDelta {
-                            index,
-                            id: None,
-                            kind: None,
-                            function: FunctionDelta {
-                                name: None,
-                                arguments: &d.partial_json,
-                            },
-                        };
-                        self.tool_delta(out, call);
+                    if let Some(index) = self.tool_index(e.index.unwrap_or(0)) {
+                        self.arguments(out, index, &d.partial_json);
                     }
                 }
                 _ => {}
             },
-            "message_delta" => {
-                if let Some(stop) = e.delta.and_then(|d| d.stop_reason) {
-                    self.delta(out, ChunkDelta::default(), Some(finish_reason(&stop)));
+            "content_block_stop" => {
+                // A tool called with no input streams no argument text; OpenAI clients parse the
+                // arguments as JSON, so they get `{}` as OpenAI would send.
+                match self.tool_index(e.index.unwrap_or(0)) {
+                    Some(index) if !self.tool_blocks[index].has_arguments => {
+                        self.arguments(out, index, "{}");
+                    }
+                    _ => {}
                 }
             }
-            "message_stop" => self.stopped = true,
+            "message_delta" => {
+                if let Some(stop) = e.delta.and_then(|d| d.stop_reason) {
+                    self.finish_with(out, finish_reason(&stop));
+                }
+            }
+            "message_stop" => {
+                // A message that ends without a stop reason still tells the client it ended.
+                self.finish_with(out, "stop");
+                self.stopped = true;
+            }
             "error" => {
                 self.error = true;
                 let err = e.error.unwrap_or(ErrorBody {
@@ -252,6 +280,33 @@ impl MessagesStreamToChat {
                 out.extend_from_slice(b"\n\n");
             }
             _ => {}
+        }
+    }
+
+    /// The OpenAI tool call index of the `tool_use` block at Anthropic index `block`.
+    fn tool_index(&self, block: u64) -> Option<usize> {
+        self.tool_blocks.iter().rposition(|t| t.block == block)
+    }
+
+    fn arguments(&mut self, out: &mut Vec<u8>, index: usize, arguments: &str) {
+        self.tool_blocks[index].has_arguments = true;
+        let call = ToolCallDelta {
+            index,
+            id: None,
+            kind: None,
+            function: FunctionDelta {
+                name: None,
+                arguments,
+            },
+        };
+        self.tool_delta(out, call);
+    }
+
+    /// The chunk with the finish reason, once.
+    fn finish_with(&mut self, out: &mut Vec<u8>, reason: &'static str) {
+        if !self.finished {
+            self.finished = true;
+            self.delta(out, ChunkDelta::default(), Some(reason));
         }
     }
 
@@ -547,6 +602,148 @@ mod tests {
         assert_eq!(t.usage(), Some((85, 20, 30)));
         assert!(out.contains("\"tool_calls\":[{\"index\":1,\"id\":\"toolu_b\""));
         assert!(out.contains("\"cache_creation_input_tokens\":5"));
+    }
+
+    fn ev(kind: &str, body: Value) -> String {
+        let mut v = body;
+        v["type"] = json!(kind);
+        format!("event: {kind}\ndata: {v}\n\n")
+    }
+
+    #[test]
+    fn interleaved_blocks_keep_their_arguments() {
+        let json_delta = |index: u64, partial: &str| {
+            ev(
+                "content_block_delta",
+                json!({"index": index, "delta": {"type": "input_json_delta", "partial_json": partial}}),
+            )
+        };
+        let text_delta = |index: u64, text: &str| {
+            ev(
+                "content_block_delta",
+                json!({"index": index, "delta": {"type": "text_delta", "text": text}}),
+            )
+        };
+        let start_tool = |index: u64, id: &str, name: &str| {
+            ev(
+                "content_block_start",
+                json!({"index": index, "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+            )
+        };
+        let body = [
+            START.to_string(),
+            start_tool(0, "toolu_a", "a"),
+            ev(
+                "content_block_start",
+                json!({"index": 1, "content_block": {"type": "text", "text": ""}}),
+            ),
+            start_tool(2, "toolu_b", "b"),
+            json_delta(2, "{\"y\":"),
+            text_delta(1, "Hel"),
+            json_delta(0, "{\"x\":"),
+            json_delta(2, "2}"),
+            text_delta(1, "lo"),
+            json_delta(0, "1}"),
+            ev("content_block_stop", json!({"index": 0})),
+            ev("content_block_stop", json!({"index": 2})),
+            ev("content_block_stop", json!({"index": 1})),
+            // A text block after the tool blocks, then a tool with no arguments at all.
+            ev(
+                "content_block_start",
+                json!({"index": 3, "content_block": {"type": "text", "text": ""}}),
+            ),
+            text_delta(3, " there"),
+            ev("content_block_stop", json!({"index": 3})),
+            start_tool(4, "toolu_c", "c"),
+            json_delta(4, ""),
+            ev("content_block_stop", json!({"index": 4})),
+            ev(
+                "message_delta",
+                json!({"delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}),
+            ),
+            ev("message_stop", json!({})),
+        ]
+        .concat();
+        for cut in [0, body.len() / 2, body.len() - 3] {
+            let (out, t) = replay(body.as_bytes(), &[cut], false);
+            let (text, calls) = openai_view(&out);
+            assert_eq!(text, "Hello there");
+            assert_eq!(
+                calls,
+                [
+                    (
+                        "toolu_a".to_string(),
+                        "a".to_string(),
+                        "{\"x\":1}".to_string()
+                    ),
+                    ("toolu_b".into(), "b".into(), "{\"y\":2}".into()),
+                    ("toolu_c".into(), "c".into(), "{}".into()),
+                ]
+            );
+            assert!(out.contains("\"finish_reason\":\"tool_calls\""));
+            assert!(out.ends_with("data: [DONE]\n\n") && !t.error());
+        }
+    }
+
+    #[test]
+    fn whole_input_at_start_and_a_missing_stop_reason() {
+        // A compatible server that gives the input in `content_block_start` and ends the message
+        // without a `message_delta`.
+        let body = [
+            START.to_string(),
+            "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_a\",\"name\":\"a\",\"input\":{\"z\": 1, \"a\": [true]}}}\n\n".to_string(),
+            ev("content_block_stop", json!({"index": 0})),
+            ev("message_stop", json!({})),
+        ]
+        .concat();
+        let (out, _) = replay(body.as_bytes(), &[], false);
+        let (_, calls) = openai_view(&out);
+        assert_eq!(
+            calls,
+            [(
+                "toolu_a".into(),
+                "a".into(),
+                "{\"z\":1,\"a\":[true]}".into()
+            )]
+        );
+        assert_eq!(
+            out.matches("\"finish_reason\":\"stop\"").count(),
+            1,
+            "{out}"
+        );
+        assert!(out.ends_with("data: [DONE]\n\n"));
+    }
+
+    /// The content text and the tool calls (id, name, arguments) an OpenAI client puts together.
+    fn openai_view(out: &str) -> (String, Vec<(String, String, String)>) {
+        let mut text = String::new();
+        let mut calls: Vec<(String, String, String)> = Vec::new();
+        for e in out.split_terminator("\n\n") {
+            let data = e.strip_prefix("data: ").unwrap();
+            if data == "[DONE]" {
+                continue;
+            }
+            let c: Value = serde_json::from_str(data).unwrap();
+            let Some(choice) = c["choices"].get(0) else {
+                continue;
+            };
+            text.push_str(choice["delta"]["content"].as_str().unwrap_or(""));
+            for call in choice["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                let i = call["index"].as_u64().unwrap() as usize;
+                if i == calls.len() {
+                    calls.push(Default::default());
+                }
+                let c = &mut calls[i];
+                c.0.push_str(call["id"].as_str().unwrap_or(""));
+                c.1.push_str(call["function"]["name"].as_str().unwrap_or(""));
+                c.2.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+            }
+        }
+        (text, calls)
     }
 
     #[test]
