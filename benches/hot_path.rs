@@ -53,7 +53,8 @@ fn benches(c: &mut Criterion) {
     let headers = http::HeaderMap::new();
     c.bench_function("parse_route_rewrite", |b| {
         b.iter(|| {
-            let req = ClientRequest::parse(Endpoint::Chat, black_box(BODY)).expect("parse");
+            let req = ClientRequest::parse(Endpoint::Chat, black_box(Bytes::from_static(BODY)))
+                .expect("parse");
             let facts = Facts::new(&req.model, Endpoint::Chat, &headers);
             let route = router.route(&facts).expect("route");
             let plan = route.plan(0.4);

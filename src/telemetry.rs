@@ -71,33 +71,19 @@ impl AnthropicUsage {
     }
 }
 
-#[derive(Deserialize)]
-struct AnthropicUsageOf {
-    #[serde(default)]
-    usage: Option<AnthropicUsage>,
-}
-
-/// Just the `usage` of a response body; everything else is skipped, not built.
-#[derive(Deserialize)]
-struct UsageOf {
-    #[serde(default)]
-    usage: Option<OpenAiUsage>,
-}
-
 impl Usage {
     /// Reads `usage` from a whole OpenAI response body.
     pub fn from_body(body: &[u8]) -> Option<Usage> {
-        serde_json::from_slice::<UsageOf>(body)
+        let usage = top_level_value(body, b"usage")?;
+        serde_json::from_slice::<Option<OpenAiUsage>>(usage)
             .ok()?
-            .usage
             .map(Usage::from)
     }
 
     /// Reads `usage` from a whole Anthropic response body.
     pub fn from_anthropic_body(body: &[u8]) -> Option<Usage> {
-        let u = serde_json::from_slice::<AnthropicUsageOf>(body)
-            .ok()?
-            .usage?;
+        let usage = top_level_value(body, b"usage")?;
+        let u = serde_json::from_slice::<Option<AnthropicUsage>>(usage).ok()??;
         let mut usage = Usage::default();
         u.fold_into(&mut usage);
         Some(usage)
@@ -111,6 +97,101 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             cached_tokens,
+        }
+    }
+}
+
+/// The raw text of the value of top-level `key` in a JSON object (the last, if repeated). Values
+/// are skipped by scanning for quotes and brackets, not parsed: response bodies can be megabytes
+/// (embeddings) and only their usage is wanted. `None` if `json` is not an object or lacks `key`.
+fn top_level_value<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let ws = |mut i: usize| {
+        while json.get(i).is_some_and(|b| b.is_ascii_whitespace()) {
+            i += 1;
+        }
+        i
+    };
+    let mut i = ws(0);
+    if json.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(i + 1);
+    let mut found = None;
+    if json.get(i) == Some(&b'}') {
+        return None;
+    }
+    loop {
+        if json.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(json, i)?;
+        let name = &json[i + 1..key_end - 1];
+        i = ws(key_end);
+        if json.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = ws(i + 1);
+        let end = value_end(json, start)?;
+        if name == key {
+            found = Some(&json[start..end]);
+        }
+        i = ws(end);
+        match json.get(i) {
+            Some(b',') => i = ws(i + 1),
+            Some(b'}') => return found,
+            _ => return None,
+        }
+    }
+}
+
+/// The index just past the string that opens at `json[at]` (a quote).
+fn string_end(json: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1;
+    loop {
+        i += memchr::memchr2(b'"', b'\\', json.get(i..)?)?;
+        if json[i] == b'\\' {
+            i += 2;
+        } else {
+            return Some(i + 1);
+        }
+    }
+}
+
+/// The index just past the value that starts at `json[at]`.
+fn value_end(json: &[u8], at: usize) -> Option<usize> {
+    match json.get(at)? {
+        b'"' => string_end(json, at),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut i = at;
+            loop {
+                i += json
+                    .get(i..)?
+                    .iter()
+                    .position(|b| matches!(b, b'"' | b'{' | b'[' | b'}' | b']'))?;
+                match json[i] {
+                    b'"' => {
+                        i = string_end(json, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    _ => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            let rest = &json[at..];
+            let len = rest
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace())
+                .unwrap_or(rest.len());
+            (len > 0).then_some(at + len)
         }
     }
 }
@@ -231,6 +312,32 @@ mod tests {
         );
         assert_eq!(Usage::from_body(br#"{"usage":null}"#), None);
         assert_eq!(Usage::from_body(b"not json"), None);
+        // Strings that look like usage, nested usage objects, whitespace and escapes are skipped.
+        let tricky = br#" { "choices" : [ {"message": {"content": "\"usage\":{\"prompt_tokens\":99} [{"}, "usage": {"prompt_tokens": 98}} ] ,
+            "x\\": "}", "usage" : {"prompt_tokens": 7, "completion_tokens": 2} , "n": -1.5e3 } "#;
+        assert_eq!(
+            Usage::from_body(tricky),
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 2,
+                cached_tokens: 0
+            })
+        );
+        for broken in [
+            &br#"{"usage":{"prompt_tokens":1}"#[..],
+            br#"{"a":"#,
+            br#"{"a" 1}"#,
+            b"[]",
+            b"",
+            br#"{"a":"\"#,
+        ] {
+            assert_eq!(
+                Usage::from_body(broken),
+                None,
+                "{}",
+                String::from_utf8_lossy(broken)
+            );
+        }
         let anthropic = br#"{"usage":{"input_tokens":10,"cache_read_input_tokens":30,"cache_creation_input_tokens":5,"output_tokens":7}}"#;
         assert_eq!(
             Usage::from_anthropic_body(anthropic),

@@ -299,7 +299,7 @@ impl Gateway {
                 Err(e) => return Ok(Err(e)),
             };
             // The same checks as a message, less `max_tokens`; the model must be one we route.
-            let checked = ClientRequest::parse_count_tokens(&body);
+            let checked = ClientRequest::parse_count_tokens(body.clone());
             let request = match checked {
                 Ok(r) => r,
                 Err(e) => return Ok(Err(e)),
@@ -335,11 +335,10 @@ impl Gateway {
             Ok(b) => b,
             Err(e) => return Ok(Err(e)),
         };
-        let request = match ClientRequest::parse(endpoint, &body) {
+        let request = match ClientRequest::parse(endpoint, body) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),
         };
-        drop(body);
         ctx.model = Some(request.model.clone());
         ctx.stream = request.stream;
         let facts = Facts::new(&request.model, endpoint, &session.req_header().headers);
