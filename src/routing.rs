@@ -390,7 +390,7 @@ impl Router {
                         p.unavailable.as_deref().unwrap_or_default()
                     ));
                 } else if i < fallback_from {
-                    weighted.push((i, weights[i]));
+                    weighted.push((i, weights.get(i).copied().unwrap_or(1.0)));
                 } else {
                     fallback.push(i);
                 }
@@ -420,6 +420,9 @@ impl Router {
             // A rule that could not be read was reported by the parser.
             let Some(rule) = rule else { continue };
             let base = format!("rules[{i}]");
+            if rule.name.trim().is_empty() {
+                r.error(&format!("{base}.name"), "a rule needs a name");
+            }
             if let Some(prev) = names.insert(rule.name.as_str(), i) {
                 r.error(
                     &format!("{base}.name"),
@@ -506,12 +509,9 @@ impl Router {
                     "the weights add up to more than a number can hold",
                 );
             }
-            let route = make_route(
-                Some(rule.name.clone()),
-                targets,
-                weights,
-                rule.targets.len(),
-            );
+            // Targets that were not found are left out of both lists.
+            let weighted = weights.len();
+            let route = make_route(Some(rule.name.clone()), targets, weights, weighted);
             compiled.push((
                 rule.priority,
                 i,
@@ -633,6 +633,27 @@ models:
             e[1].contains("rules[1].targets[0].to: unknown provider `nowhere`"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn an_unknown_target_beside_known_ones_is_reported_not_fatal() {
+        // Unknown weighted targets before and between known ones, with a fallback after them.
+        for targets in [
+            "[{to: openai/typo}, {to: sim/small}]",
+            "[{to: sim/small}, {to: openai/typo, weight: 2}, {to: sim/big}]",
+        ] {
+            let e = router(&format!(
+                "rules:\n  - name: r\n    targets: {targets}\n    fallback: [sim/big, nowhere/x]\n"
+            ))
+            .err()
+            .unwrap();
+            assert_eq!(e.len(), 2, "{e:?}");
+            assert!(e[0].contains("is not a model id in the catalog"), "{e:?}");
+            assert!(
+                e[1].contains("fallback[1]: unknown provider `nowhere`"),
+                "{e:?}"
+            );
+        }
     }
 
     fn facts<'a>(model: &'a str, headers: &'a HeaderMap) -> Facts<'a> {

@@ -72,7 +72,16 @@ fn load_rules(
 }
 
 /// Re-reads `rules.yaml` and swaps it in; an invalid file is refused and the old rules stay.
+/// A fault in the reload itself is logged, and the watcher goes on.
 pub fn reload(live: &ArcSwap<Live>, why: &str) -> bool {
+    let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| try_reload(live, why)));
+    attempt.unwrap_or_else(|_| {
+        log::error!("rules reload ({why}) failed inside the gateway; keeping the previous rules");
+        false
+    })
+}
+
+fn try_reload(live: &ArcSwap<Live>, why: &str) -> bool {
     let current = live.load_full();
     match load_rules(&current.gateway, &current.providers) {
         Ok(router) => {

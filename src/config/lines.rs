@@ -84,13 +84,27 @@ pub fn line_of(text: &str, path: &str) -> Option<usize> {
                 .take_while(|(i, l)| inside(l, *i == 0))
                 .find(|(_, l)| l.has_key(key))
                 .map(|(i, l)| (pos + i, l.inner().0, false)),
-            Seg::Index(n) => lines[pos.min(lines.len())..]
-                .iter()
-                .enumerate()
-                .take_while(|(i, l)| inside(l, *i == 0))
-                .filter(|(_, l)| l.text.starts_with("- "))
-                .nth(n)
-                .map(|(i, l)| (pos + i, l.indent, true)),
+            Seg::Index(n) => {
+                // Items are the dash lines at the list's own indent (a list may sit at its key's
+                // indent); deeper dash lines belong to lists inside the items.
+                let block = &lines[pos.min(lines.len())..];
+                let in_list = |l: &Line, first: bool| {
+                    inside(l, first) || (parent == Some(l.indent) && l.text.starts_with("- "))
+                };
+                let item_indent = block
+                    .iter()
+                    .enumerate()
+                    .take_while(|(i, l)| in_list(l, *i == 0))
+                    .find(|(_, l)| l.text.starts_with("- "))
+                    .map(|(_, l)| l.indent);
+                block
+                    .iter()
+                    .enumerate()
+                    .take_while(|(i, l)| in_list(l, *i == 0))
+                    .filter(|(_, l)| l.text.starts_with("- ") && Some(l.indent) == item_indent)
+                    .nth(n)
+                    .map(|(i, l)| (pos + i, l.indent, true))
+            }
         };
         let Some((idx, indent, is_index)) = hit else {
             break;
@@ -134,6 +148,35 @@ models:
         assert_eq!(line_of(TEXT, "providers.azure.kind"), Some(11));
         assert_eq!(line_of(TEXT, "models[1].id"), Some(14));
         assert_eq!(line_of(TEXT, "models[1].aliases[1]"), Some(15));
+    }
+
+    const RULES: &str = "\
+rules:
+  - name: a
+    match: {model: x}
+    targets:
+      - to: p/one
+      - to: p/two
+    fallback: [p/three]
+  - name: b
+    match:
+      type: chatt
+    targets:
+      - to: p/four
+rules2:
+- name: c
+- name: d
+  targets:
+  - to: p/five
+";
+
+    #[test]
+    fn list_items_are_counted_at_their_own_indent() {
+        assert_eq!(line_of(RULES, "rules[0].targets[1].to"), Some(6));
+        assert_eq!(line_of(RULES, "rules[1].match.type"), Some(10));
+        assert_eq!(line_of(RULES, "rules[1].targets[0].to"), Some(12));
+        assert_eq!(line_of(RULES, "rules2[1].name"), Some(15));
+        assert_eq!(line_of(RULES, "rules2[1].targets[0].to"), Some(17));
     }
 
     #[test]

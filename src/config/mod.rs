@@ -263,6 +263,9 @@ impl Top {
 struct LimitsSpec {
     #[serde(default = "default_max_body")]
     max_body_bytes: u64,
+    /// The longest a client may take to send its whole request body.
+    #[serde(default)]
+    body_timeout_ms: Option<u64>,
 }
 
 fn default_max_body() -> u64 {
@@ -282,6 +285,8 @@ fn one() -> f64 {
 const DEFAULT_RULES: &str = "rules.yaml";
 
 pub const DEFAULT_MAX_BODY: usize = 32 * 1024 * 1024;
+/// How long a client may take to send its request body, unless `limits.body_timeout_ms` says.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -357,6 +362,8 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub rules_path: PathBuf,
     pub max_body_bytes: usize,
+    /// The longest a client may take to send its request body.
+    pub body_timeout: Duration,
     pub shutdown_grace: Duration,
     pub simulator: Option<SocketAddr>,
     /// `None` writes access-log lines to stdout.
@@ -398,6 +405,14 @@ impl GatewayConfig {
                 DEFAULT_MAX_BODY
             }
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let body_timeout = match top.limits.as_ref().and_then(|l| l.body_timeout_ms) {
+            Some(0) => {
+                r.error("limits.body_timeout_ms", "must be greater than 0");
+                DEFAULT_BODY_TIMEOUT
+            }
+            Some(ms) => Duration::from_millis(ms),
+            None => DEFAULT_BODY_TIMEOUT,
         };
         if top.threads == Some(0) {
             r.error("threads", "must be at least 1");
@@ -496,6 +511,7 @@ impl GatewayConfig {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             rules_path: dir.join(top.rules.as_deref().unwrap_or(DEFAULT_RULES)),
             max_body_bytes,
+            body_timeout,
             shutdown_grace: Duration::from_secs(top.shutdown_grace_secs.unwrap_or(10)),
             simulator,
             access_log: top.access_log.map(|p| dir.join(p)),
@@ -553,6 +569,12 @@ fn validate_provider(r: &mut Report, base: &str, spec: &ProviderSpec) {
     }
     if spec.keys.len() > 64 {
         r.error(&format!("{base}.keys"), "at most 64 keys per provider");
+    }
+    if spec.default_max_tokens == Some(0) {
+        r.error(
+            &format!("{base}.default_max_tokens"),
+            "must be greater than 0",
+        );
     }
     for (i, key) in spec.keys.iter().enumerate() {
         if !(key.weight.is_finite() && key.weight > 0.0) {
@@ -657,6 +679,11 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
             let mut out = Vec::new();
             while let Some(v) = seq.next_element::<String>()? {
                 out.push(v);
+            }
+            if out.is_empty() {
+                return Err(serde::de::Error::custom(
+                    "an empty list matches nothing; leave the condition out to match anything",
+                ));
             }
             Ok(out)
         }

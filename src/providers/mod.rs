@@ -168,6 +168,7 @@ impl Provider {
             default_max_tokens: spec.default_max_tokens.unwrap_or(4096),
             breaker: health::Breaker::default(),
             relay: Arc::new(relay::RelayConnect::new(
+                addr,
                 cfg.timeouts.connect,
                 cfg.timeouts.first_byte,
                 cfg.timeouts.idle,

@@ -5,6 +5,12 @@
 //! therefore goes through a relay task: Pingora talks to one end of a socket pair, the relay
 //! copies between the other end and the provider, and closes both when a deadline passes. It
 //! records that it did, so the proxy can report a timeout rather than a closed connection.
+//!
+//! The answer begins with its first body byte, not its headers: servers that send headers at
+//! once and then queue or prefill would otherwise spend the first-byte allowance under the idle
+//! bound. The relay holds the header block until a body byte follows it (or the headers say
+//! there is no body), so a provider that stalls after its headers still fails before anything
+//! reached the client, and the request can go to another target.
 
 use async_trait::async_trait;
 use pingora::connectors::L4Connect;
@@ -50,8 +56,15 @@ impl RelayState {
 }
 
 /// Connects a provider's stream requests through relays. One per provider.
+///
+/// Pingora checks that a pooled connection's descriptor is connected to the peer's address
+/// before it reuses it; a socket pair never is, except that Pingora skips the check for the
+/// unspecified address 0.0.0.0. So relayed peers are given [`RelayConnect::peer_addr`], and
+/// the relay connects to the provider's real address.
 #[derive(Debug)]
 pub struct RelayConnect {
+    /// The provider's address; `None` when it is unavailable.
+    addr: Option<std::net::SocketAddr>,
     pub connect: Duration,
     pub first_byte: Duration,
     pub idle: Duration,
@@ -61,13 +74,26 @@ pub struct RelayConnect {
 }
 
 impl RelayConnect {
-    pub fn new(connect: Duration, first_byte: Duration, idle: Duration) -> RelayConnect {
+    pub fn new(
+        addr: Option<std::net::SocketAddr>,
+        connect: Duration,
+        first_byte: Duration,
+        idle: Duration,
+    ) -> RelayConnect {
         RelayConnect {
+            addr,
             connect,
             first_byte,
             idle,
             relays: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The address to give Pingora for a relayed peer (see above); its port keeps the pool
+    /// keys of providers apart along with their group key and SNI.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        let port = self.addr?.port();
+        Some(std::net::SocketAddr::from(([0, 0, 0, 0], port)))
     }
 
     /// The relay behind the connection Pingora holds as `fd`.
@@ -82,9 +108,9 @@ impl RelayConnect {
 
 #[async_trait]
 impl L4Connect for RelayConnect {
-    async fn connect(&self, addr: &SocketAddr) -> Result<Stream> {
-        let SocketAddr::Inet(inet) = addr else {
-            return Error::e_explain(ErrorType::ConnectError, "relays connect over TCP only");
+    async fn connect(&self, _peer: &SocketAddr) -> Result<Stream> {
+        let Some(inet) = self.addr else {
+            return Error::e_explain(ErrorType::ConnectError, "the provider has no address");
         };
         let upstream = match tokio::time::timeout(self.connect, TcpStream::connect(inet)).await {
             Ok(Ok(s)) => s,
@@ -138,6 +164,8 @@ async fn relay(
     let mut answer = vec![0u8; 16 * 1024];
     // The connection waits in Pingora's pool with no deadline until a request is written.
     let mut deadline: Option<(Instant, Expired)> = None;
+    // Set from a request written until its answer's first body byte.
+    let mut beginning: Option<Beginning> = None;
     loop {
         tokio::select! {
             n = local_read.read(&mut request) => {
@@ -148,17 +176,39 @@ async fn relay(
                 if up_write.write_all(&request[..n]).await.is_err() {
                     return None;
                 }
-                deadline = Some((Instant::now() + first_byte, Expired::FirstByte));
+                if beginning.is_none() && deadline.is_none_or(|d| d.1 == Expired::Idle) {
+                    beginning = Some(Beginning::default());
+                    deadline = Some((Instant::now() + first_byte, Expired::FirstByte));
+                }
             }
             n = up_read.read(&mut answer) => {
                 let n = match n {
                     Ok(n) if n > 0 => n,
-                    _ => return None,
+                    _ => {
+                        // Whatever was held goes on; Pingora sees the connection close.
+                        if let Some(b) = beginning.take() {
+                            let _ = local_write.write_all(&b.held).await;
+                        }
+                        return None;
+                    }
                 };
-                if local_write.write_all(&answer[..n]).await.is_err() {
+                let piece = &answer[..n];
+                let out: std::borrow::Cow<[u8]> = match beginning.as_mut() {
+                    None => piece.into(),
+                    Some(b) => match b.push(piece) {
+                        Some(out) => out.into(),
+                        None => continue,
+                    },
+                };
+                if local_write.write_all(&out).await.is_err() {
                     return None;
                 }
-                deadline = Some((Instant::now() + idle, Expired::Idle));
+                if beginning.as_ref().is_some_and(|b| b.begun) {
+                    beginning = None;
+                }
+                if beginning.is_none() {
+                    deadline = Some((Instant::now() + idle, Expired::Idle));
+                }
             }
             _ = sleep_until(deadline.map_or_else(Instant::now, |d| d.0)), if deadline.is_some() => {
                 return deadline.map(|d| d.1);
@@ -167,20 +217,152 @@ async fn relay(
     }
 }
 
+/// The start of an answer, held until its body begins.
+#[derive(Debug, Default)]
+struct Beginning {
+    held: Vec<u8>,
+    /// Where the search for the end of the header block resumes.
+    searched: usize,
+    /// The end of a final answer's header block, once found.
+    head_end: Option<usize>,
+    /// The body has begun (or there is none): what is held goes on, and the idle clock runs.
+    begun: bool,
+}
+
+/// Past this, a header block that has not ended is let through as it is.
+const MAX_HELD: usize = 64 * 1024;
+
+impl Beginning {
+    /// Takes a piece of the answer; returns what to send on now, if anything.
+    fn push(&mut self, piece: &[u8]) -> Option<Vec<u8>> {
+        self.held.extend_from_slice(piece);
+        if let Some(end) = self.head_end {
+            if self.held.len() > end {
+                self.begun = true;
+                return Some(std::mem::take(&mut self.held));
+            }
+            return None;
+        }
+        let from = self.searched.saturating_sub(3);
+        let Some(at) = memchr::memmem::find(&self.held[from..], b"\r\n\r\n") else {
+            self.searched = self.held.len();
+            if self.held.len() > MAX_HELD {
+                self.begun = true;
+                return Some(std::mem::take(&mut self.held));
+            }
+            return None;
+        };
+        // What is held always begins with the header block.
+        let end = from + at + 4;
+        let head = std::str::from_utf8(&self.held[..end]).unwrap_or_default();
+        let status = head
+            .split_ascii_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(200);
+        if (100..200).contains(&status) {
+            // An interim answer goes on at once; the real one follows.
+            let rest = self.held.split_off(end);
+            let mut out = std::mem::replace(&mut self.held, rest);
+            self.searched = 0;
+            if !self.held.is_empty() {
+                if let Some(more) = self.push(&[]) {
+                    out.extend(more);
+                }
+            }
+            return Some(out);
+        }
+        let bodiless = matches!(status, 204 | 304)
+            || head
+                .split("\r\n")
+                .any(|l| l.replace(' ', "").eq_ignore_ascii_case("content-length:0"));
+        if bodiless || self.held.len() > end {
+            self.begun = true;
+            return Some(std::mem::take(&mut self.held));
+        }
+        self.head_end = Some(end);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
+    #[test]
+    fn headers_are_held_until_the_body_begins() {
+        let mut b = Beginning::default();
+        assert_eq!(
+            b.push(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r"),
+            None
+        );
+        assert_eq!(b.push(b"\n\r\n"), None, "the header block alone is held");
+        assert!(!b.begun);
+        let out = b.push(b"data: x").unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 200") && out.ends_with(b"data: x"));
+        assert!(b.begun);
+        // No body to wait for.
+        for head in [
+            &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let mut b = Beginning::default();
+            assert_eq!(b.push(head).as_deref(), Some(head));
+            assert!(b.begun);
+        }
+        // A header block that arrives in pieces is still read from its status line.
+        let mut b = Beginning::default();
+        assert_eq!(b.push(b"HTTP/1.1 204 No"), None);
+        assert!(b.push(b" Content\r\n\r\n").is_some());
+        assert!(b.begun);
+        // An interim answer goes on; the real one is held again.
+        let mut b = Beginning::default();
+        assert_eq!(
+            b.push(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n")
+                .as_deref(),
+            Some(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
+        );
+        assert_eq!(b.push(b"a: b\r\n\r\n"), None);
+        assert_eq!(
+            b.push(b"x").as_deref(),
+            Some(&b"HTTP/1.1 200 OK\r\na: b\r\n\r\nx"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn headers_then_silence_expire_the_first_byte_deadline() {
+        let (c, mut s, mut server) = pair(300, 100).await;
+        let state = c.state(s.as_raw_fd()).unwrap();
+        s.write_all(b"request").await.unwrap();
+        // A server answers once it has the request.
+        let mut request = [0u8; 7];
+        server.read_exact(&mut request).await.unwrap();
+        server
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 256];
+        // Nothing reaches Pingora, and the first-byte bound, not the idle one, ends it.
+        assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert_eq!(state.expired(), Some(Expired::FirstByte));
+    }
+
     async fn pair(first_byte_ms: u64, idle_ms: u64) -> (RelayConnect, Stream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let c = RelayConnect::new(
+            Some(addr),
             Duration::from_secs(1),
             Duration::from_millis(first_byte_ms),
             Duration::from_millis(idle_ms),
         );
-        let stream = c.connect(&SocketAddr::Inet(addr)).await.unwrap();
+        let stream = c
+            .connect(&SocketAddr::Inet(c.peer_addr().unwrap()))
+            .await
+            .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         (c, stream, server)
     }
@@ -192,9 +374,11 @@ mod tests {
         let mut buf = [0u8; 4];
         server.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"ping");
-        server.write_all(b"pong").await.unwrap();
-        s.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"pong");
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\npong";
+        server.write_all(answer).await.unwrap();
+        let mut got = vec![0u8; answer.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, answer);
     }
 
     #[tokio::test]
@@ -217,8 +401,10 @@ mod tests {
         let mut buf = [0u8; 16];
         // The first byte may take longer than the idle bound.
         tokio::time::sleep(Duration::from_millis(400)).await;
-        server.write_all(b"head").await.unwrap();
-        assert_eq!(s.read(&mut buf).await.unwrap(), 4);
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\nx").await.unwrap();
+        let mut got = vec![0u8; 20];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"HTTP/1.1 200 OK\r\n\r\nx");
         assert_eq!(state.expired(), None);
         // Then silence longer than the idle bound ends it.
         assert_eq!(s.read(&mut buf).await.unwrap(), 0);

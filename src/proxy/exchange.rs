@@ -27,6 +27,9 @@ pub struct Outcome {
     /// The status the client must get instead of the upstream's, when the answer could not be
     /// translated; honoured for answers held back until they are whole.
     pub status: Option<u16>,
+    /// The error answer for a held answer that failed after it had begun: the status and the
+    /// body in the client's dialect.
+    pub failed: Option<(u16, bytes::Bytes)>,
 }
 
 /// The lock is per request and never held across an await; a poisoned one is still usable.
@@ -54,6 +57,8 @@ pub enum Translation {
     /// An error in the upstream's dialect, with its status.
     AnthropicError(u16),
     OpenAiError(u16),
+    /// An error in the client's dialect, checked to be one.
+    Error(u16),
 }
 
 /// Why an attempt failed, which decides what is tried next.
@@ -95,6 +100,9 @@ pub struct Exchange {
     /// The API the current target is spoken to in.
     pub upstream: Endpoint,
     pub started: Instant,
+    /// When the current attempt was sent; a whole (non-stream) answer must arrive within the
+    /// provider's `first_byte` of it.
+    pub attempt_started: Instant,
     pub response_started: bool,
     /// `response_filter` already recorded why this attempt failed.
     pub failure_recorded: bool,
@@ -107,6 +115,8 @@ pub struct Exchange {
     pub failures: Vec<String>,
     /// Targets passed over without an attempt (circuit open, keys cooling, no such API).
     pub skipped: Vec<String>,
+    /// How many of those could not take this request (no such API, cannot be translated).
+    pub unsuitable: usize,
     /// The status the first failed attempt met (a transport failure counts as 502, or 504).
     pub primary_status: Option<u16>,
     /// The first failed attempt got an HTTP answer (rather than a transport failure).
@@ -138,6 +148,7 @@ impl Exchange {
             body_for: None,
             upstream: Endpoint::Chat,
             started,
+            attempt_started: started,
             response_started: false,
             failure_recorded: false,
             relay: None,
@@ -145,6 +156,7 @@ impl Exchange {
             mode: ResponseBody::Pass,
             failures: Vec::new(),
             skipped: Vec::new(),
+            unsuitable: 0,
             primary_status: None,
             primary_http: false,
             outcome: Arc::default(),
@@ -249,6 +261,7 @@ impl Exchange {
         };
         let (id, p) = (t.id.clone(), p.clone());
         if failure == Failure::Unsuitable {
+            self.unsuitable += 1;
             self.skipped.push(format!("{id}: skipped, {what}"));
             self.skip_target();
             return true;

@@ -96,7 +96,7 @@ const COUNT_TOKENS: &str = "/v1/messages/count_tokens";
 const KEEPALIVE_SECS: u64 = 60;
 /// Pingora's read bound on relayed connections, past the relay's own deadlines.
 const RELAY_SLACK: Duration = Duration::from_secs(5);
-/// The connection-pool group of relayed (stream) connections, apart from plain ones.
+/// The first connection-pool group of relayed (stream) connections, apart from plain ones.
 const RELAYED: u64 = 1;
 /// Largest non-stream response body read for usage accounting; larger ones pass unread.
 const ACCOUNTING_LIMIT: usize = 16 * 1024 * 1024;
@@ -294,7 +294,7 @@ impl Gateway {
             if !post {
                 return Ok(Err(method_not_allowed(&ctx.path)));
             }
-            let body = match read_body(session, live.gateway.max_body_bytes).await? {
+            let body = match read_body(session, &live.gateway).await? {
                 Ok(b) => b,
                 Err(e) => return Ok(Err(e)),
             };
@@ -331,7 +331,7 @@ impl Gateway {
             return Ok(Err(method_not_allowed(&ctx.path)));
         }
 
-        let body = match read_body(session, live.gateway.max_body_bytes).await? {
+        let body = match read_body(session, &live.gateway).await? {
             Ok(b) => b,
             Err(e) => return Ok(Err(e)),
         };
@@ -382,6 +382,9 @@ impl Gateway {
     /// Runs the exchange as a subrequest and streams its response to the client, or with `hold`,
     /// writes it once it is whole. If the client goes away, the subrequest is dropped, which
     /// closes the upstream connection.
+    ///
+    /// Pingora does not mark the end of a response that the subrequest's own phases wrote (an
+    /// error from `fail_to_proxy`), so the end is also taken to be the subrequest finishing.
     async fn run_subrequest(
         &self,
         session: &mut Session,
@@ -402,7 +405,8 @@ impl Gateway {
         let run = prepared.run();
         tokio::pin!(run);
         let mut running = true;
-        let mut held = Vec::new();
+        let mut held = Held::default();
+        let mut header_sent = false;
         loop {
             let task = tokio::select! {
                 task = handle.rx.recv() => task,
@@ -415,45 +419,99 @@ impl Gateway {
                 }
             };
             let Some(task) = task else { break };
-            let tasks = if hold {
-                let end = task.is_end();
-                held.push(task);
-                if !end {
-                    continue;
+            if hold {
+                if held.take(task) {
+                    break;
                 }
-                if let Some(status) = lock(&outcome).status {
-                    for t in &mut held {
-                        if let HttpTask::Header(h, _) = t {
-                            h.set_status(status)?;
-                        }
-                    }
-                }
-                std::mem::take(&mut held)
-            } else {
-                vec![task]
-            };
-            if session.write_response_tasks(tasks).await? {
+                continue;
+            }
+            header_sent |= matches!(task, HttpTask::Header(..));
+            if session.write_response_tasks(vec![task]).await? {
                 if running {
                     run.await;
                 }
                 return Ok(());
             }
         }
-        // The exchange ended without finishing its response: close, so it cannot look complete.
+        if hold {
+            let (status, failed) = {
+                let mut o = lock(&outcome);
+                (o.status, o.failed.take())
+            };
+            if let Some((status, body)) = failed {
+                held.header = ResponseHeader::build(status, Some(2)).ok().map(Box::new);
+                held.body = BytesMut::from(&body[..]);
+                if let Some(h) = held.header.as_mut() {
+                    h.insert_header(header::CONTENT_TYPE, "application/json")?;
+                }
+                return held.write(session, None).await;
+            }
+            return held.write(session, status).await;
+        }
+        if !header_sent {
+            return Err(internal("the upstream exchange ended without an answer"));
+        }
+        // The subrequest ended its answer itself (an error event at the end of a stream): end
+        // the body. If it was cut short, closing the connection tells the client.
         session.set_keepalive(None);
-        Err(Error::explain(
-            ErrorType::HTTPStatus(502),
-            "the upstream response ended early",
-        ))
+        session
+            .downstream_session
+            .write_response_body(Bytes::new(), true)
+            .await
     }
 }
 
-/// Reads the whole request body, refusing one over `limit` bytes. Pingora keeps a copy for
-/// replay on retries while the body fits its retry buffer.
+/// A whole answer gathered from a subrequest before anything is sent.
+#[derive(Default)]
+struct Held {
+    header: Option<Box<ResponseHeader>>,
+    body: BytesMut,
+}
+
+impl Held {
+    /// Takes the next task; true at the end of the answer.
+    fn take(&mut self, task: HttpTask) -> bool {
+        let end = task.is_end();
+        match task {
+            HttpTask::Header(h, _) => self.header = Some(h),
+            HttpTask::Body(Some(b), _) => self.body.extend_from_slice(&b),
+            _ => {}
+        }
+        end
+    }
+
+    /// Writes the answer, framed by its real length; with `status`, under that status. A
+    /// success with no body is no answer at all.
+    async fn write(self, session: &mut Session, status: Option<u16>) -> Result<()> {
+        let Some(mut header) = self.header else {
+            return Err(internal("the upstream exchange ended without an answer"));
+        };
+        let mut body = self.body.freeze();
+        if let Some(status) = status {
+            header.set_status(status)?;
+        } else if header.status.is_success() && body.is_empty() {
+            header.set_status(502)?;
+            body = Bytes::from(untranslatable(
+                "the answer is empty",
+                session.req_header().uri.path().starts_with("/v1/messages"),
+            ));
+            header.insert_header(header::CONTENT_TYPE, "application/json")?;
+        }
+        header.remove_header(&header::TRANSFER_ENCODING);
+        header.insert_header(header::CONTENT_LENGTH, body.len())?;
+        session.write_response_header(header, false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+}
+
+/// Reads the whole request body, refusing one over `max_body_bytes` or slower than
+/// `body_timeout`. Pingora keeps a copy for replay on retries while the body fits its retry
+/// buffer.
 async fn read_body(
     session: &mut Session,
-    limit: usize,
+    gw: &GatewayConfig,
 ) -> Result<std::result::Result<Bytes, ApiError>> {
+    let limit = gw.max_body_bytes;
     let too_large = || {
         ApiError::new(
             413,
@@ -482,19 +540,28 @@ async fn read_body(
     }
     session.enable_retry_buffering();
     let mut body = BytesMut::with_capacity(declared.unwrap_or(16 * 1024));
+    let slow = || {
+        ApiError::new(
+            408,
+            "invalid_request_error",
+            "request_timeout",
+            "The request body did not arrive in time.",
+        )
+    };
+    let deadline = tokio::time::Instant::now() + gw.body_timeout;
     loop {
-        let chunk = match session.read_request_body().await {
+        let read = tokio::time::timeout_at(deadline, session.read_request_body()).await;
+        let Ok(read) = read else {
+            session.set_keepalive(None);
+            return Ok(Err(slow()));
+        };
+        let chunk = match read {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(e) => {
                 session.set_keepalive(None);
                 return match e.etype() {
-                    ErrorType::ReadTimedout => Ok(Err(ApiError::new(
-                        408,
-                        "invalid_request_error",
-                        "request_timeout",
-                        "The request body did not arrive in time.",
-                    ))),
+                    ErrorType::ReadTimedout => Ok(Err(slow())),
                     ErrorType::ConnectionClosed | ErrorType::ReadError => Err(e),
                     _ => Ok(Err(ApiError::bad_request(
                         "invalid_body",
@@ -559,7 +626,7 @@ fn upstream_failure(e: &Error, ex: &Exchange) -> ApiError {
     let attempted = !ex.failures.is_empty();
     // Every target was passed over (circuit open, keys cooling, no such API).
     let all_skipped = !attempted && !ex.skipped.is_empty();
-    let unsupported = all_skipped && ex.skipped.iter().all(|s| s.contains(" API"));
+    let unsupported = all_skipped && ex.unsuitable == ex.skipped.len();
     let (status, code) = match ex.primary_status {
         Some(s) if ex.primary_http => (s, "upstream_error"),
         _ if unsupported => (400, "unsupported_by_provider"),
@@ -671,8 +738,12 @@ impl ProxyHttp for Gateway {
             }
         }
         let (target, p) = ex.target().ok_or_else(|| internal("no target"))?;
-        let addr = p
-            .addr
+        let addr = if ex.request.stream {
+            p.relay.peer_addr()
+        } else {
+            p.addr
+        };
+        let addr = addr
             .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "provider has no address"))?;
         let mut peer = HttpPeer::new(addr, p.base.tls, p.base.host.clone());
         let t = &p.timeouts;
@@ -683,15 +754,18 @@ impl ProxyHttp for Gateway {
             // The relay enforces both deadlines; Pingora's bound only backs it up.
             peer.options.custom_l4 = Some(p.relay.clone());
             peer.options.read_timeout = Some(t.first_byte.max(t.idle) + RELAY_SLACK);
-            peer.group_key = RELAYED;
+            // Each provider's relayed connections in a pool group of their own.
+            peer.group_key = RELAYED + target.provider as u64;
         } else {
             // A whole answer arrives at once: its first byte is what takes time.
             peer.options.read_timeout = Some(t.first_byte);
         }
+        let (provider, model) = (p.name.clone(), target.model.clone());
+        ex.attempt_started = Instant::now();
         let mut o = lock(&ex.outcome);
         o.attempts += 1;
-        o.provider = Some(p.name.clone());
-        o.upstream_model = Some(target.model.clone());
+        o.provider = Some(provider);
+        o.upstream_model = Some(model);
         Ok(Box::new(peer))
     }
 
@@ -798,8 +872,16 @@ impl ProxyHttp for Gateway {
             e.set_retry(false);
             return e;
         };
-        if ex.response_started || e.esource() == &ErrorSource::Downstream {
-            // Bytes may have reached the client, or the client left: never retry.
+        if e.esource() == &ErrorSource::Downstream {
+            // The client left: never retry.
+            e.set_retry(false);
+        } else if ex.response_started {
+            // Bytes may have reached the client: never retry, but say what happened.
+            let (status, what) = match ex.expired() {
+                Some(what) => (504, what),
+                None => (transport_status(&e), describe(&e)),
+            };
+            ex.failed(Failure::Transient, status, false, &what, None);
             e.set_retry(false);
         } else if std::mem::take(&mut ex.failure_recorded) {
             // `response_filter` refused the answer and recorded why.
@@ -837,7 +919,8 @@ impl ProxyHttp for Gateway {
         let failure = match status {
             429 => Some(Failure::RateLimited),
             401 | 403 => Some(Failure::KeyRejected),
-            408 | 500..=599 => Some(Failure::Transient),
+            // A redirect is not an answer; it is never passed on for a client to follow.
+            300..=399 | 408 | 500..=599 => Some(Failure::Transient),
             // An HTML page or plain text is not an API answer.
             400.. if !json => Some(Failure::Transient),
             _ => None,
@@ -849,12 +932,15 @@ impl ProxyHttp for Gateway {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            let what = if json {
+            let what = if (300..400).contains(&status) {
+                format!("answered {status}, a redirect")
+            } else if json {
                 format!("answered {status}")
             } else {
                 format!("answered {status} with a non-JSON body ({content_type})")
             };
-            ex.failed(failure, status, true, &what, retry_after);
+            let counted = if status < 400 { 502 } else { status };
+            ex.failed(failure, counted, true, &what, retry_after);
             ex.failure_recorded = true;
             return Err(Error::explain(ErrorType::HTTPStatus(status), what));
         }
@@ -884,6 +970,9 @@ impl ProxyHttp for Gateway {
             }
             (true, false, false, false) => {
                 ResponseBody::Translate(BytesMut::new(), Translation::OpenAiError(status))
+            }
+            (a, b, false, false) if a == b && status >= 400 => {
+                ResponseBody::Translate(BytesMut::new(), Translation::Error(status))
             }
             _ => ResponseBody::Pass,
         };
@@ -922,6 +1011,16 @@ impl ProxyHttp for Gateway {
         let Some(ex) = ctx.exchange.as_deref_mut() else {
             return Ok(None);
         };
+        if !ex.request.stream && !end {
+            let limit = ex.target().map(|(_, p)| p.timeouts.first_byte);
+            if limit.is_some_and(|l| ex.attempt_started.elapsed() > l) {
+                let ms = limit.map_or(0, |l| l.as_millis());
+                return Err(Error::explain(
+                    ErrorType::ReadTimedout,
+                    format!("the whole answer did not arrive within {ms} ms"),
+                ));
+            }
+        }
         let usage = match &mut ex.mode {
             ResponseBody::Pass => None,
             ResponseBody::Json(buf) => {
@@ -940,6 +1039,14 @@ impl ProxyHttp for Gateway {
                 let mut out = body.take().map(|b| t.push(&b)).unwrap_or_default();
                 if end {
                     out.extend(t.finish());
+                    if !t.complete() && !t.error() {
+                        let anthropic = ex.request.endpoint.anthropic();
+                        out.extend_from_slice(&stream_error_event(
+                            "the upstream stream ended early",
+                            anthropic,
+                        ));
+                        lock(&ex.outcome).error = Some("upstream_stream_incomplete".into());
+                    }
                 }
                 *body = Some(out.into());
                 if t.error() {
@@ -979,10 +1086,33 @@ impl ProxyHttp for Gateway {
                             }
                         }
                         Translation::AnthropicError(status) => {
-                            (anthropic::error_to_openai(status, buf).1, None)
+                            let (to, out) = anthropic::error_to_openai(status, buf);
+                            if to != status {
+                                lock(&ex.outcome).status = Some(to);
+                            }
+                            (out, None)
                         }
                         Translation::OpenAiError(status) => {
-                            (anthropic::openai_error_to_anthropic(status, buf).1, None)
+                            let (to, out) = anthropic::openai_error_to_anthropic(status, buf);
+                            if to != status {
+                                lock(&ex.outcome).status = Some(to);
+                            }
+                            (out, None)
+                        }
+                        Translation::Error(status) => {
+                            // An error in the client's own dialect passes as it is, unless it is
+                            // no error body at all.
+                            let out = match serde_json::from_slice::<serde::de::IgnoredAny>(buf) {
+                                Ok(_) if buf.trim_ascii_start().starts_with(b"{") => buf.to_vec(),
+                                _ => ApiError::upstream(
+                                    status,
+                                    "upstream_error",
+                                    format!("The upstream provider answered HTTP {status}."),
+                                )
+                                .body_for(ex.request.endpoint.anthropic())
+                                .to_vec(),
+                            };
+                            (out, None)
                         }
                     };
                     *body = Some(out.into());
@@ -993,22 +1123,24 @@ impl ProxyHttp for Gateway {
                 let mut out = body.take().map_or_else(Bytes::new, |b| filter.push(b));
                 if end {
                     let rest = filter.finish();
-                    if !rest.is_empty() {
-                        let mut joined = BytesMut::from(&out[..]);
-                        joined.extend_from_slice(&rest);
-                        out = joined.freeze();
-                    }
-                }
-                if end && !filter.done && !filter.error {
-                    // The upstream ended the stream without its closing event: say so.
-                    let anthropic = ex.request.endpoint.anthropic();
                     let mut joined = BytesMut::from(&out[..]);
-                    joined.extend_from_slice(&stream_error_event(
-                        "the upstream stream ended early",
-                        anthropic,
-                    ));
+                    if filter.done || filter.error {
+                        // A last event the upstream did not end with a blank line.
+                        if !rest.is_empty() {
+                            joined.extend_from_slice(&rest);
+                            joined.extend_from_slice(b"\n\n");
+                        }
+                    } else {
+                        // The upstream ended the stream without its closing event: a part of
+                        // an event left over is dropped, and the client is told.
+                        let anthropic = ex.request.endpoint.anthropic();
+                        joined.extend_from_slice(&stream_error_event(
+                            "the upstream stream ended early",
+                            anthropic,
+                        ));
+                        lock(&ex.outcome).error = Some("upstream_stream_incomplete".into());
+                    }
                     out = joined.freeze();
-                    lock(&ex.outcome).error = Some("upstream_stream_incomplete".into());
                 }
                 *body = Some(out);
                 if filter.error {
@@ -1079,7 +1211,14 @@ impl ProxyHttp for Gateway {
                 let event = stream_error_event(&api.message, anthropic);
                 session.write_response_body(Some(event), true).await
             }
-            Some(_) => return gone,
+            Some(_) => {
+                // A held answer can still be replaced by the error.
+                if let Some(ex) = ctx.exchange.as_deref() {
+                    let body = api.body_for(ex.request.endpoint.anthropic());
+                    ex.outcome().failed = Some((api.status, body));
+                }
+                return gone;
+            }
         };
         if let Err(w) = written {
             log::debug!("could not send the error response: {w}");

@@ -9,11 +9,18 @@ use std::borrow::Cow;
 /// Turns an OpenAI chat completion stream into Anthropic `/v1/messages` events: one
 /// `message_start`; each content block as start, deltas, stop (one block open at a time, each
 /// tool call its own block); `message_delta` with the stop reason and usage; `message_stop`.
+///
+/// OpenAI may interleave the argument pieces of parallel tool calls (and text) in any order,
+/// while Anthropic sends one block after another. So once a tool call's block is open, it
+/// streams live, and any other block that begins after it is gathered whole and sent when the
+/// message ends.
 pub struct ChatStreamToMessages {
     reader: SseReader,
     model: String,
     started: bool,
     open: Option<Open>,
+    /// Blocks begun while a tool call's block was open, in order, with their text so far.
+    pending: Vec<(Open, String, String)>,
     /// How many blocks were started; the open one is the last.
     blocks: usize,
     /// OpenAI tool call indexes that got a block.
@@ -177,6 +184,7 @@ impl ChatStreamToMessages {
             model: model_id.to_string(),
             started: false,
             open: None,
+            pending: Vec::new(),
             blocks: 0,
             tools_seen: Vec::new(),
             stop: None,
@@ -217,6 +225,11 @@ impl ChatStreamToMessages {
     /// An error object arrived in the stream.
     pub fn error(&self) -> bool {
         self.error
+    }
+
+    /// The message was ended (`[DONE]` or a finish reason).
+    pub fn complete(&self) -> bool {
+        self.ended
     }
 
     fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
@@ -283,6 +296,15 @@ impl ChatStreamToMessages {
     }
 
     fn text(&mut self, text: &str, out: &mut Vec<u8>) {
+        if matches!(self.open, Some(Open::Tool { .. })) {
+            match self.pending.last_mut() {
+                Some((Open::Text, _, held)) => held.push_str(text),
+                _ => self
+                    .pending
+                    .push((Open::Text, String::new(), text.to_string())),
+            }
+            return;
+        }
         if !matches!(self.open, Some(Open::Text)) {
             self.begin(Open::Text, "", out);
         }
@@ -292,31 +314,44 @@ impl ChatStreamToMessages {
 
     fn tool(&mut self, call: ToolDelta, out: &mut Vec<u8>) {
         let id = call.id.as_deref().filter(|i| !i.is_empty());
-        let continues = matches!(&self.open, Some(Open::Tool { index, id: open_id })
-            if *index == call.index && id.is_none_or(|i| i == open_id));
         let function = call.function.as_ref();
+        let args = function.and_then(|f| f.arguments.as_deref()).unwrap_or("");
+        let same =
+            |index: u64, open_id: &str| index == call.index && id.is_none_or(|i| i == open_id);
+        let continues =
+            matches!(&self.open, Some(Open::Tool { index, id: open_id }) if same(*index, open_id));
         if !continues {
+            let held = self.pending.iter_mut().rev().find(
+                |(o, _, _)| matches!(o, Open::Tool { index, id: open_id } if same(*index, open_id)),
+            );
+            if let Some((_, _, held)) = held {
+                held.push_str(args);
+                return;
+            }
             // A piece of a call whose block is already closed cannot be sent.
             if id.is_none() && self.tools_seen.contains(&call.index) {
                 return;
             }
-            let id = id.map_or_else(|| format!("call_{}", self.blocks), str::to_string);
+            let id = id.map_or_else(
+                || format!("call_{}", self.blocks + self.pending.len()),
+                str::to_string,
+            );
             let name = function.and_then(|f| f.name.as_deref()).unwrap_or("");
             self.tools_seen.push(call.index);
-            self.begin(
-                Open::Tool {
-                    index: call.index,
-                    id,
-                },
-                name,
-                out,
-            );
-        }
-        if let Some(args) = function.and_then(|f| f.arguments.as_deref()) {
-            if !args.is_empty() {
-                let delta = BlockDelta::InputJsonDelta { partial_json: args };
-                self.block_delta(delta, out);
+            let open = Open::Tool {
+                index: call.index,
+                id,
+            };
+            if matches!(self.open, Some(Open::Tool { .. })) {
+                self.pending
+                    .push((open, name.to_string(), args.to_string()));
+                return;
             }
+            self.begin(open, name, out);
+        }
+        if !args.is_empty() {
+            let delta = BlockDelta::InputJsonDelta { partial_json: args };
+            self.block_delta(delta, out);
         }
     }
 
@@ -362,6 +397,21 @@ impl ChatStreamToMessages {
         }
         self.start("", out);
         self.end_block(out);
+        for (open, name, held) in std::mem::take(&mut self.pending) {
+            let text = matches!(open, Open::Text);
+            self.begin(open, &name, out);
+            if !held.is_empty() {
+                let delta = if text {
+                    BlockDelta::TextDelta { text: &held }
+                } else {
+                    BlockDelta::InputJsonDelta {
+                        partial_json: &held,
+                    }
+                };
+                self.block_delta(delta, out);
+            }
+            self.end_block(out);
+        }
         let stop_reason = if self.refused {
             "refusal"
         } else {

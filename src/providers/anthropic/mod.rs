@@ -30,6 +30,8 @@ pub trait StreamTranslator: Send + Sync {
     fn usage(&self) -> Option<(u64, u64, u64)>;
     /// An error event arrived in the stream.
     fn error(&self) -> bool;
+    /// The stream ended with its closing event.
+    fn complete(&self) -> bool;
 }
 
 macro_rules! stream_translator {
@@ -46,6 +48,9 @@ macro_rules! stream_translator {
             }
             fn error(&self) -> bool {
                 <$t>::error(self)
+            }
+            fn complete(&self) -> bool {
+                <$t>::complete(self)
             }
         }
     };

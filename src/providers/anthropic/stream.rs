@@ -183,6 +183,11 @@ impl MessagesStreamToChat {
         self.error
     }
 
+    /// `message_stop` arrived.
+    pub fn complete(&self) -> bool {
+        self.stopped
+    }
+
     fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
         let Ok(e) = serde_json::from_slice::<Event>(data) else {
             return;
