@@ -10,6 +10,9 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v curl >/dev/null || need+=(curl)
 command -v cc >/dev/null || need+=(build-essential)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# promtool checks the /metrics output; redis-server backs the shared-state tests.
+command -v promtool >/dev/null || need+=(prometheus)
+command -v redis-server >/dev/null || need+=(redis-server)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq

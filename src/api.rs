@@ -445,6 +445,30 @@ impl ClientRequest {
             .map(|f| text(&self.body, &f.value))
     }
 
+    /// A cheap estimate of the prompt's tokens (a quarter of the bytes of the fields that carry
+    /// input), and the request's own cap on output tokens, if it sets one.
+    pub fn token_estimate(&self) -> (u64, Option<u64>) {
+        let input: usize = [
+            "messages",
+            "prompt",
+            "input",
+            "system",
+            "tools",
+            "functions",
+        ]
+        .iter()
+        .filter_map(|f| self.field(f))
+        .map(str::len)
+        .sum();
+        let max = match self.endpoint {
+            Endpoint::Embeddings => Some(0),
+            _ => ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+                .iter()
+                .find_map(|f| self.field(f)?.trim().parse::<u64>().ok()),
+        };
+        (input.div_ceil(4) as u64, max)
+    }
+
     /// The top-level fields in order: each key and its raw JSON text.
     pub fn fields(&self) -> impl Iterator<Item = (&str, &str)> {
         self.fields
@@ -554,7 +578,7 @@ mod tests {
             Endpoint::Chat,
             r#"{"model":"m","messages":[{"role":"user"}],"temperature":"hot"}"#,
         );
-        assert_eq!((e.status, e.code), (400, "invalid_type"));
+        assert_eq!((e.status, e.code.as_ref()), (400, "invalid_type"));
         assert!(
             e.message.contains("`temperature` must be a number"),
             "{}",

@@ -2,12 +2,13 @@
 
 use bytes::Bytes;
 use serde_json::json;
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: u16,
     pub kind: &'static str,
-    pub code: &'static str,
+    pub code: Cow<'static, str>,
     pub message: String,
 }
 
@@ -15,13 +16,13 @@ impl ApiError {
     pub fn new(
         status: u16,
         kind: &'static str,
-        code: &'static str,
+        code: impl Into<Cow<'static, str>>,
         message: impl Into<String>,
     ) -> Self {
         ApiError {
             status,
             kind,
-            code,
+            code: code.into(),
             message: message.into(),
         }
     }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod governance;
 pub mod providers;
 pub mod proxy;
 pub mod routing;

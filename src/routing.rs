@@ -332,6 +332,8 @@ pub struct Router {
     catalog: HashMap<String, Arc<Route>>,
     /// The `/v1/models` answer, built once.
     pub models_json: Bytes,
+    /// A rule tests `budget_used_percent`, so requests must read their budgets first.
+    pub uses_budget: bool,
 }
 
 impl Router {
@@ -569,11 +571,13 @@ impl Router {
                 |(id, owner)| json!({"id": id, "object": "model", "created": 0, "owned_by": owner}),
             )
             .collect();
+        let uses_budget = compiled.iter().any(|(_, _, r)| r.matcher.budget.is_some());
         let models_json = Bytes::from(json!({"object": "list", "data": data}).to_string());
         Some(Router {
             rules: compiled.into_iter().map(|(_, _, r)| r).collect(),
             catalog,
             models_json,
+            uses_budget,
         })
     }
 }

@@ -2,9 +2,12 @@
 //! service, watch `rules.yaml` (file changes and SIGHUP), drain on SIGTERM, flush the log.
 
 use crate::config::{self, ConfigError, GatewayConfig, Report};
+use crate::governance::prices::PriceTable;
+use crate::governance::setup;
 use crate::providers::Provider;
-use crate::proxy::{Drain, Gateway, Live};
+use crate::proxy::{Accounts, Drain, Gateway, Live};
 use crate::routing::Router;
+use crate::telemetry::metrics::Metrics;
 use crate::telemetry::AccessLog;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -45,6 +48,21 @@ pub fn load(path: &Path, lookup: bool) -> Result<Live, Vec<ConfigError>> {
     }
     if !errors.is_empty() {
         return Err(errors);
+    }
+    if let Some(g) = &gateway.governance {
+        errors.extend(
+            crate::governance::setup::check(g)
+                .into_iter()
+                .map(|message| ConfigError {
+                    file: path.to_path_buf(),
+                    path: "governance".into(),
+                    line: None,
+                    message,
+                }),
+        );
+        if !errors.is_empty() {
+            return Err(errors);
+        }
     }
     let providers = Arc::new(providers);
     let router = load_rules(&gateway, &providers)?;
@@ -221,6 +239,23 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> Result<(), String>
     }
     let (access_log, log_thread) = AccessLog::start(gw.access_log.as_deref())
         .map_err(|e| format!("cannot open the access log: {e}"))?;
+    let metrics = Arc::new(Metrics::default());
+    let governance = match &gw.governance {
+        Some(spec) => Some(setup::start(spec, &gw.dir, metrics.clone())?),
+        None => None,
+    };
+    if let Some(addr) = governance.as_ref().and_then(|g| g.admin_addr) {
+        log::info!("admin API listening on {addr}");
+    }
+    let prices = match &governance {
+        Some(g) => g.gov.prices.clone(),
+        None => PriceTable::embedded(),
+    };
+    let accounts = Arc::new(Accounts {
+        gov: governance.as_ref().map(|g| g.gov.clone()),
+        prices,
+        metrics,
+    });
 
     // Draining happens before Pingora is told to stop (see `DrainOnTerm`), so its own grace
     // period, which always sleeps in full, is zero.
@@ -242,6 +277,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> Result<(), String>
         live: live.clone(),
         log: access_log.clone(),
         drain: drain.clone(),
+        accounts,
     };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&addr.to_string());
@@ -261,6 +297,10 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> Result<(), String>
             grace: gw.shutdown_grace,
         }),
     });
+    // Requests cut off at shutdown settled as their contexts dropped; write the spend out.
+    if let Some(g) = governance {
+        g.stop();
+    }
     access_log.flush();
     drop(log_thread);
     log::info!("tollgate stopped");

@@ -207,7 +207,8 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 9,
                 completion_tokens: 3,
-                cached_tokens: 2
+                cached_tokens: 2,
+                cache_write_tokens: 0,
             })
         );
         assert!(f.done);
@@ -261,7 +262,8 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 15,
                 completion_tokens: 9,
-                cached_tokens: 3
+                cached_tokens: 3,
+                cache_write_tokens: 0,
             })
         );
     }

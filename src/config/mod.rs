@@ -209,6 +209,7 @@ struct Top {
     threads: Option<usize>,
     providers: IndexMap<String, Value>,
     models: Vec<Value>,
+    governance: Option<GovernanceSpec>,
 }
 
 impl Top {
@@ -234,6 +235,7 @@ impl Top {
                 "simulator" => top.simulator = r.de(key, v),
                 "access_log" => top.access_log = r.de(key, v),
                 "threads" => top.threads = r.de(key, v),
+                "governance" => top.governance = r.de(key, v),
                 "providers" => {
                     has_providers = true;
                     top.providers = r.de(key, v).unwrap_or_default();
@@ -373,6 +375,98 @@ pub struct GatewayConfig {
     pub retry: RetryPolicy,
     pub providers: Vec<ProviderConfig>,
     pub models: Vec<ModelSpec>,
+    /// Virtual keys, budgets and limits; `None` runs with no governance.
+    pub governance: Option<GovernanceSpec>,
+    /// The directory relative paths in the file are read from.
+    pub dir: PathBuf,
+}
+
+/// `governance:` in `gateway.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceSpec {
+    /// `required` (default): every request needs a known key. `off`: keys are optional.
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Where budgets, limits and counters live: `embedded` (memory and SQLite) or `redis`.
+    #[serde(default)]
+    pub state: StateKind,
+    /// SQLite file for spend and admin changes, relative to this file.
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// `redis://host:port/db`, for `state: redis`.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// How often spend is written to SQLite; a crash loses at most this much.
+    #[serde(default = "default_flush_ms")]
+    pub flush_ms: u64,
+    /// Completion tokens reserved for a request without `max_tokens`.
+    #[serde(default = "default_reserve_tokens")]
+    pub default_max_tokens: u64,
+    #[serde(default)]
+    pub alerts: Option<AlertsSpec>,
+    #[serde(default)]
+    pub admin: Option<AdminSpec>,
+    /// Prices per million tokens that replace or add to the embedded table.
+    #[serde(default)]
+    pub prices: std::collections::BTreeMap<String, crate::governance::prices::PriceSpec>,
+    #[serde(default)]
+    pub customers: Vec<crate::governance::keys::CustomerSpec>,
+    #[serde(default)]
+    pub teams: Vec<crate::governance::keys::TeamSpec>,
+    #[serde(default)]
+    pub keys: Vec<crate::governance::keys::KeySpec>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    #[default]
+    Required,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateKind {
+    #[default]
+    Embedded,
+    Redis,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSpec {
+    /// Budget alerts are POSTed here as JSON.
+    pub webhook: String,
+    #[serde(default = "default_thresholds")]
+    pub thresholds: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSpec {
+    pub listen: String,
+    /// The admin key (`env:VAR` reads it from the environment); without one only `/metrics`
+    /// is served.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+fn default_store() -> String {
+    "tollgate.db".into()
+}
+
+fn default_flush_ms() -> u64 {
+    1000
+}
+
+fn default_reserve_tokens() -> u64 {
+    1024
+}
+
+fn default_thresholds() -> Vec<u32> {
+    vec![50, 80, 100]
 }
 
 impl GatewayConfig {
@@ -503,6 +597,31 @@ impl GatewayConfig {
             models.push(model);
         }
 
+        if let Some(g) = &top.governance {
+            if g.flush_ms == 0 {
+                r.error("governance.flush_ms", "must be greater than 0");
+            }
+            if g.default_max_tokens == 0 {
+                r.error("governance.default_max_tokens", "must be greater than 0");
+            }
+            if g.state == StateKind::Redis && g.redis_url.is_none() {
+                r.error("governance.redis_url", "`state: redis` needs `redis_url`");
+            }
+            if let Some(a) = &g.alerts {
+                if !(a.webhook.starts_with("http://") || a.webhook.starts_with("https://")) {
+                    r.error(
+                        "governance.alerts.webhook",
+                        "must be an http:// or https:// URL",
+                    );
+                }
+                if a.thresholds.iter().any(|t| !(1..=1000).contains(t)) {
+                    r.error("governance.alerts.thresholds", "percentages from 1 to 1000");
+                }
+            }
+            if let Some(a) = &g.admin {
+                parse_addr(&mut r, "governance.admin.listen", &a.listen);
+            }
+        }
         if !r.errors.is_empty() {
             return Err(r.errors);
         }
@@ -519,6 +638,8 @@ impl GatewayConfig {
             retry: top.retry.unwrap_or_default(),
             providers,
             models,
+            governance: top.governance,
+            dir: dir.to_path_buf(),
         })
     }
 }

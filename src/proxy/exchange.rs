@@ -4,6 +4,8 @@
 use super::Live;
 use crate::api::{ClientRequest, Endpoint};
 use crate::config::RetryPolicy;
+use crate::governance::prices::Tokens;
+use crate::governance::{Actual, Admission, Governance};
 use crate::providers::anthropic::{self, StreamTranslator};
 use crate::providers::health::now_ms;
 use crate::providers::relay::{Expired, RelayState};
@@ -99,6 +101,11 @@ pub struct Exchange {
     body_for: Option<(String, Endpoint)>,
     /// The API the current target is spoken to in.
     pub upstream: Endpoint,
+    /// Headers every answer carries (`x-ratelimit-*`).
+    pub headers: Vec<(String, String)>,
+    /// Governance's reservation for this request, settled when the answer ends (before its
+    /// last bytes reach the client) or when the exchange is dropped.
+    pub admission: Option<(Arc<Governance>, Admission)>,
     pub started: Instant,
     /// When the current attempt was sent; a whole (non-stream) answer must arrive within the
     /// provider's `first_byte` of it.
@@ -147,6 +154,8 @@ impl Exchange {
             body: Bytes::new(),
             body_for: None,
             upstream: Endpoint::Chat,
+            headers: Vec::new(),
+            admission: None,
             started,
             attempt_started: started,
             response_started: false,
@@ -352,5 +361,33 @@ impl Exchange {
 
     pub fn outcome(&self) -> MutexGuard<'_, Outcome> {
         lock(&self.outcome)
+    }
+
+    /// Settles the reservation with what the outcome shows was used.
+    pub fn settle(&mut self) {
+        let Some((gov, admission)) = self.admission.take() else {
+            return;
+        };
+        let actual = {
+            let o = self.outcome();
+            let u = o.usage.unwrap_or_default();
+            Actual {
+                provider: o.provider.clone(),
+                model: o.upstream_model.clone(),
+                tokens: Tokens {
+                    prompt: u.prompt_tokens,
+                    completion: u.completion_tokens,
+                    cached: u.cached_tokens,
+                    cache_write: u.cache_write_tokens,
+                },
+            }
+        };
+        gov.settle(admission, actual);
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.settle();
     }
 }

@@ -17,10 +17,14 @@ mod exchange;
 use crate::api::{ClientRequest, Endpoint};
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
+use crate::governance::keys::KeyEntry;
+use crate::governance::prices::{PriceTable, Tokens};
+use crate::governance::{Estimate, Governance};
 use crate::providers::anthropic::{ChatStreamToMessages, MessagesStreamToChat};
 use crate::providers::{anthropic, Provider};
 use crate::routing::{Facts, Router};
 use crate::sse::SseFilter;
+use crate::telemetry::metrics::{Metrics, Sample};
 use crate::telemetry::{AccessLog, Record, Usage};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -48,6 +52,15 @@ pub struct Gateway {
     pub live: Arc<ArcSwap<Live>>,
     pub log: AccessLog,
     pub drain: Arc<Drain>,
+    pub accounts: Arc<Accounts>,
+}
+
+/// What prices, governs and counts requests.
+pub struct Accounts {
+    /// `None` without a `governance` section: no keys, budgets or limits.
+    pub gov: Option<Arc<Governance>>,
+    pub prices: PriceTable,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Requests in flight, and whether the gateway is draining for shutdown.
@@ -119,6 +132,11 @@ pub struct Ctx {
     /// Set until the access-log line is written; a request dropped before `logging` (cut off at
     /// shutdown) writes its line when its `Ctx` drops.
     log: Option<AccessLog>,
+    accounts: Option<Arc<Accounts>>,
+    /// The virtual key, when the client sent one this gateway knows.
+    key: Option<Arc<KeyEntry>>,
+    /// Headers for a refusal (`retry-after`, `x-ratelimit-*`).
+    refusal_headers: Vec<(String, String)>,
 }
 
 impl Drop for Ctx {
@@ -126,9 +144,53 @@ impl Drop for Ctx {
         if let Some(log) = self.log.take() {
             let mut r = record(self);
             r.error = Some("interrupted".into());
+            finish(self, &mut r);
             log.write(r);
         }
     }
+}
+
+/// Prices what the request used, counts it in the metrics and settles its reservation.
+fn finish(ctx: &mut Ctx, r: &mut Record) {
+    let Some(acc) = ctx.accounts.take() else {
+        return;
+    };
+    let tokens = Tokens {
+        prompt: r.usage.prompt_tokens,
+        completion: r.usage.completion_tokens,
+        cached: r.usage.cached_tokens,
+        cache_write: r.usage.cache_write_tokens,
+    };
+    let used = tokens != Tokens::default();
+    let cost = match &r.upstream_model {
+        Some(m) if used => acc.prices.lookup(m).map(|p| p.cost(&tokens)),
+        _ => None,
+    };
+    r.cost_usd = cost.map(|c| c.to_string());
+    r.unpriced = used && cost.is_none();
+    if r.unpriced {
+        log::warn!(
+            "model `{}` has no price: the cost of request {} is unknown",
+            r.upstream_model.as_deref().unwrap_or_default(),
+            r.request_id
+        );
+    }
+    if let Some(k) = &ctx.key {
+        r.key = Some(k.id.clone());
+        r.team = k.team.clone();
+    }
+    acc.metrics.record(&Sample {
+        provider: r.provider.as_deref().unwrap_or(""),
+        model: r.upstream_model.as_deref().unwrap_or(""),
+        key: r.key.as_deref().unwrap_or(""),
+        team: r.team.as_deref().unwrap_or(""),
+        status: r.status,
+        seconds: r.latency_ms / 1000.0,
+        input_tokens: r.usage.prompt_tokens,
+        output_tokens: r.usage.completion_tokens,
+        cached_tokens: r.usage.cached_tokens,
+        cost,
+    });
 }
 
 /// The access-log line for a client request, from its `Ctx` and its exchange's outcome.
@@ -290,6 +352,25 @@ impl Gateway {
             respond(session, &ctx.request_id, 200, body, &[]).await?;
             return Ok(Ok(Next::Done));
         }
+        if ctx.path == "/metrics" {
+            if !get {
+                return Ok(Err(method_not_allowed(&ctx.path)));
+            }
+            let text = Bytes::from(self.accounts.metrics.render());
+            let content = [("content-type", "text/plain; version=0.0.4")];
+            respond(session, &ctx.request_id, 200, text, &content).await?;
+            return Ok(Ok(Next::Done));
+        }
+        // Who is asking, before anything is read.
+        if let Some(gov) = &self.accounts.gov {
+            match gov.identify(&session.req_header().headers) {
+                Ok(key) => ctx.key = key,
+                Err(e) => {
+                    self.accounts.metrics.refused(&e.code, "key", "", "");
+                    return Ok(Err(e));
+                }
+            }
+        }
         if ctx.path == COUNT_TOKENS {
             if !post {
                 return Ok(Err(method_not_allowed(&ctx.path)));
@@ -341,11 +422,68 @@ impl Gateway {
         };
         ctx.model = Some(request.model.clone());
         ctx.stream = request.stream;
-        let facts = Facts::new(&request.model, endpoint, &session.req_header().headers);
+        let gov = self.accounts.gov.as_ref().zip(ctx.key.clone());
+        let mut used_percent = None;
+        if let Some((gov, key)) = &gov {
+            if let Err(e) = gov.check_model(key, &request.model) {
+                return Ok(Err(self.refused(ctx, e)));
+            }
+            if live.router.uses_budget {
+                used_percent = Some(gov.budget_used_percent(key).await);
+            }
+        }
+        let mut facts = Facts::new(&request.model, endpoint, &session.req_header().headers);
+        if let Some((_, key)) = &gov {
+            facts.key = Some(&key.id);
+            facts.team = key.team.as_deref();
+            facts.customer = key.customer.as_deref();
+            facts.budget_used_percent = used_percent;
+        }
         let Some(route) = live.router.route(&facts).cloned() else {
             return Ok(Err(ApiError::model_not_found(&request.model)));
         };
-        let plan = route.plan(roll(session));
+        let mut plan = route.plan(roll(session));
+        if let Some((gov, key)) = &gov {
+            let before = plan.len();
+            plan.retain(|&i| {
+                let t = &route.targets[i];
+                let provider = &live.providers[t.provider].name;
+                gov.target_allowed(key, provider, &t.id)
+            });
+            if before > 0 && plan.is_empty() {
+                let e = ApiError::new(
+                    403,
+                    "permission_error",
+                    "key_model_not_allowed",
+                    format!(
+                        "The key `{}` may not use any target `{}` routes to.",
+                        key.id, request.model
+                    ),
+                );
+                return Ok(Err(self.refused(ctx, e)));
+            }
+        }
+        let mut rate_headers = Vec::new();
+        let mut admission = None;
+        if let (Some((gov, key)), Some(&first)) = (&gov, plan.first()) {
+            let t = &route.targets[first];
+            let (prompt_tokens, max) = request.token_estimate();
+            let est = Estimate {
+                prompt_tokens,
+                completion_tokens: max.unwrap_or(gov.settings.default_max_tokens),
+            };
+            let provider = &live.providers[t.provider].name;
+            match gov.admit(key, provider, &t.model, &est).await {
+                Ok(a) => {
+                    rate_headers = a.headers.clone();
+                    admission = Some((Arc::clone(gov), a));
+                }
+                Err(r) => {
+                    ctx.refusal_headers = r.headers;
+                    return Ok(Err(self.refused(ctx, r.error)));
+                }
+            }
+        }
         if plan.is_empty() {
             return Ok(Err(ApiError::new(
                 503,
@@ -359,7 +497,7 @@ impl Gateway {
             )));
         }
         let started = ctx.started.unwrap_or_else(Instant::now);
-        let exchange = Exchange::new(
+        let mut exchange = Exchange::new(
             live.clone(),
             route,
             plan,
@@ -367,6 +505,8 @@ impl Gateway {
             ctx.request_id.clone(),
             started,
         );
+        exchange.headers = rate_headers;
+        exchange.admission = admission;
         ctx.outcome = Some(exchange.outcome.clone());
         // A whole answer translated from the other dialect is held until it is complete, so that
         // one that cannot be translated gets an error status rather than a 200.
@@ -377,6 +517,16 @@ impl Gateway {
         }
         ctx.exchange = Some(Box::new(exchange));
         Ok(Ok(Next::Proxy))
+    }
+
+    /// Counts a refusal in the metrics and passes it on.
+    fn refused(&self, ctx: &Ctx, e: ApiError) -> ApiError {
+        let (key, team) = ctx.key.as_ref().map_or(("", ""), |k| {
+            (k.id.as_str(), k.team.as_deref().unwrap_or(""))
+        });
+        let (level, reason) = e.code.split_once('_').unwrap_or(("", &e.code));
+        self.accounts.metrics.refused(reason, level, key, team);
+        e
     }
 
     /// Runs the exchange as a subrequest and streams its response to the client, or with `hold`,
@@ -703,6 +853,7 @@ impl ProxyHttp for Gateway {
         ctx.started = Some(Instant::now());
         ctx.in_flight = Some(self.drain.enter());
         ctx.log = Some(self.log.clone());
+        ctx.accounts = Some(self.accounts.clone());
         ctx.request_id = request_id(session);
         ctx.method = session.req_header().method.to_string();
         ctx.path = session.req_header().uri.path().to_string();
@@ -712,7 +863,12 @@ impl ProxyHttp for Gateway {
             Ok(Next::Proxy) => Ok(false),
             Err(e) => {
                 ctx.error = Some(e.code.to_string());
-                respond_error(session, &ctx.request_id, &e, &[]).await?;
+                let extra: Vec<(&str, &str)> = ctx
+                    .refusal_headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                respond_error(session, &ctx.request_id, &e, &extra).await?;
                 Ok(true)
             }
         }
@@ -998,6 +1154,9 @@ impl ProxyHttp for Gateway {
         resp.insert_header("x-tollgate-provider", provider)?;
         resp.insert_header("x-tollgate-model", id)?;
         resp.insert_header("x-tollgate-attempts", attempts)?;
+        for (k, v) in &ex.headers {
+            resp.insert_header(k.clone(), v)?;
+        }
         Ok(())
     }
 
@@ -1152,6 +1311,9 @@ impl ProxyHttp for Gateway {
         if usage.is_some() {
             ex.outcome().usage = usage;
         }
+        if end {
+            ex.settle();
+        }
         Ok(None)
     }
 
@@ -1236,6 +1398,7 @@ impl ProxyHttp for Gateway {
         if r.error.is_none() {
             r.error = e.map(|e| e.etype().as_str().to_string());
         }
+        finish(ctx, &mut r);
         log.write(r);
     }
 }

@@ -1,6 +1,8 @@
 //! What each request used and how it went: token usage read from bodies and streams, and the
 //! JSON access log, written by a background thread so the request path never does I/O.
 
+pub mod metrics;
+
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
@@ -9,9 +11,18 @@ use std::thread::JoinHandle;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Usage {
+    /// Every input token, cached and cache writes included.
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Input tokens read from the provider's prompt cache.
     pub cached_tokens: u64,
+    /// Input tokens written to the provider's prompt cache (Anthropic).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// OpenAI's `usage` object, as it appears in a response body or a stream chunk.
@@ -40,6 +51,7 @@ impl From<OpenAiUsage> for Usage {
                 .prompt_tokens_details
                 .and_then(|d| d.cached_tokens)
                 .unwrap_or(0),
+            cache_write_tokens: 0,
         }
     }
 }
@@ -68,6 +80,9 @@ impl AnthropicUsage {
         usage.prompt_tokens = usage.prompt_tokens.max(prompt);
         usage.completion_tokens = usage.completion_tokens.max(n(self.output_tokens));
         usage.cached_tokens = usage.cached_tokens.max(n(self.cache_read_input_tokens));
+        usage.cache_write_tokens = usage
+            .cache_write_tokens
+            .max(n(self.cache_creation_input_tokens));
     }
 }
 
@@ -97,6 +112,7 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             cached_tokens,
+            cache_write_tokens: 0,
         }
     }
 }
@@ -215,6 +231,17 @@ pub struct Record {
     pub usage: Usage,
     /// Whether usage was read from the response; `false` means the counts are unknown.
     pub usage_seen: bool,
+    /// The virtual key's name (never its secret) and its team.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Exact, in USD; absent when nothing was used or the model has no price.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<String>,
+    /// Tokens were used on a model with no price: the cost is unknown, not zero.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unpriced: bool,
     pub error: Option<String>,
 }
 
@@ -301,7 +328,8 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 12,
                 completion_tokens: 5,
-                cached_tokens: 4
+                cached_tokens: 4,
+                cache_write_tokens: 0,
             })
         );
         let no_details =
@@ -320,7 +348,8 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 7,
                 completion_tokens: 2,
-                cached_tokens: 0
+                cached_tokens: 0,
+                cache_write_tokens: 0,
             })
         );
         for broken in [
@@ -344,7 +373,8 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 45,
                 completion_tokens: 7,
-                cached_tokens: 30
+                cached_tokens: 30,
+                cache_write_tokens: 5,
             })
         );
     }
