@@ -1,5 +1,6 @@
 //! The per-request work of the gateway, without network: body parse plus route decision and
-//! upstream body, SSE usage extraction per chunk, and a rules reload.
+//! upstream body, OpenAI/Anthropic translation both ways, SSE usage extraction per chunk, a
+//! rules reload, and governance's admission check (every level, embedded state).
 //! Run: `cargo bench --bench hot_path`.
 
 use bytes::Bytes;
@@ -8,6 +9,12 @@ use std::path::Path;
 use std::sync::Arc;
 use tollgate::api::{ClientRequest, Endpoint};
 use tollgate::config::{parse_rules, GatewayConfig, Report};
+use tollgate::governance::keys::{CustomerSpec, Directory, KeySpec, TeamSpec};
+use tollgate::governance::period::SystemClock;
+use tollgate::governance::prices::PriceTable;
+use tollgate::governance::store::MemoryStore;
+use tollgate::governance::{Estimate, Governance, Settings};
+use tollgate::providers::anthropic;
 use tollgate::providers::Provider;
 use tollgate::routing::{Facts, Router};
 use tollgate::sse::SseFilter;
@@ -81,5 +88,77 @@ fn benches(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot_path, benches);
+const ANTHROPIC_ANSWER: &[u8] = br#"{"id":"msg_01","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Paris."},{"type":"tool_use","id":"toolu_01","name":"lookup","input":{"city":"Paris"}}],"stop_reason":"tool_use","stop_sequence":null,"usage":{"input_tokens":20,"cache_read_input_tokens":100,"output_tokens":9}}"#;
+const ANTHROPIC_DELTA: &[u8] = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" Paris\"}}\n\n";
+
+fn translation(c: &mut Criterion) {
+    c.bench_function("openai_to_anthropic_request", |b| {
+        b.iter(|| {
+            anthropic::chat_to_messages(black_box(BODY), "claude-sonnet-4-5", 4096)
+                .expect("translate")
+        })
+    });
+    c.bench_function("anthropic_to_openai_response", |b| {
+        b.iter(|| {
+            anthropic::messages_to_chat(black_box(ANTHROPIC_ANSWER), "claude/claude-sonnet-4-5")
+                .expect("translate")
+        })
+    });
+    c.bench_function("anthropic_stream_chunk_to_openai", |b| {
+        let mut t = anthropic::MessagesStreamToChat::new("claude/claude-sonnet-4-5", true);
+        t.push(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":5}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n");
+        b.iter(|| black_box(t.push(black_box(ANTHROPIC_DELTA))))
+    });
+}
+
+fn admission(c: &mut Criterion) {
+    fn yaml<T: serde::de::DeserializeOwned>(s: &str) -> T {
+        serde_yaml::from_str(s).expect("yaml")
+    }
+    let customers: Vec<CustomerSpec> = yaml("[{id: acme, budgets: [{usd: 1000000, period: month}], limits: {requests: [{max: 1000000000, per: minute}]}}]");
+    let teams: Vec<TeamSpec> = yaml("[{id: search, customer: acme, budgets: [{usd: 1000000, period: day}], limits: {tokens: [{max: 1000000000000, per: minute}]}}]");
+    let keys: Vec<KeySpec> = yaml("[{id: bot, key: sk-bench, team: search, budgets: [{usd: 1000000, period: week}], limits: {requests: [{max: 1000000000, per: minute}], tokens: [{max: 1000000000000, per: hour}], concurrent: 1000}, models: {deny: ['o1*']}, providers: {sim: {budgets: [{usd: 1000000, period: month}]}}}]");
+    let dir = Directory::build(customers, teams, keys, &|s| Ok(s.to_string())).expect("directory");
+    let settings = Settings {
+        auth_required: true,
+        default_max_tokens: 1024,
+        alert_thresholds: vec![50, 80, 100],
+    };
+    let gov = Governance::new(
+        dir,
+        PriceTable::embedded(),
+        Arc::new(MemoryStore::default()),
+        Arc::new(SystemClock),
+        settings,
+    );
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        "authorization",
+        http::HeaderValue::from_static("Bearer sk-bench"),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let est = Estimate {
+        prompt_tokens: 40,
+        completion_tokens: 64,
+    };
+    // Identify the key, check the model, reserve at customer, team, key and provider (two
+    // budgets or limits each), then settle: what one request costs governance.
+    c.bench_function("admission_all_levels_embedded", |b| {
+        b.iter(|| {
+            let key = gov
+                .identify(black_box(&headers))
+                .expect("key")
+                .expect("known");
+            gov.check_model(&key, "gpt-4o-mini").expect("allowed");
+            let a = rt
+                .block_on(gov.admit(&key, "sim", "gpt-4o-mini", &est))
+                .expect("admitted");
+            gov.settle(a, Default::default());
+        })
+    });
+}
+
+criterion_group!(hot_path, benches, translation, admission);
 criterion_main!(hot_path);

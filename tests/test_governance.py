@@ -364,3 +364,138 @@ def test_metrics_are_labelled_and_pass_promtool(make_gateway, sim):
     assert promtool, "promtool (Debian package prometheus) is needed; scripts/test.sh installs it"
     p = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    import shutil
+    import subprocess
+    import time
+    server = shutil.which("redis-server")
+    assert server, "redis-server (Debian package redis-server) is needed; scripts/test.sh installs it"
+    port = free_port()
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_two_gateways_on_one_redis_enforce_one_budget_and_one_limit(make_gateway, sim, redis_url):
+    entities = ("  keys:\n"
+                "    - {id: k, key: sk-k, budgets: [{usd: '0.03', period: day}]}\n"
+                "    - {id: r, key: sk-r, limits: {requests: [{max: 9, per: day}]}}\n")
+    extra = f"  state: redis\n  redis_url: {redis_url}\n"
+    a = Gov(make_gateway, entities, extra=extra)
+    b = Gov(make_gateway, entities, extra=extra)
+    slow = {"x-sim-latency-ms": "400"}
+    n = iter(range(1000))
+    # Requests alternate between the two gateways; $0.03 fits six $0.005 reservations.
+    got = burst(40, lambda: (a if next(n) % 2 else b).chat("sk-k", headers=slow, max_tokens=5))
+    assert codes(got) == {200: 6, (402, "key_budget_exceeded"): 34}
+    assert {r.headers["x-tollgate-provider"] for r in got if r.status_code == 200} == {"sim"}
+    # Both see the settled spend: 6 x $0.004.
+    assert a.usage("key:k")["budgets"][0]["used_usd"] == "0.024"
+    assert b.usage("key:k")["budgets"][0]["used_usd"] == "0.024"
+    got = burst(40, lambda: (a if next(n) % 2 else b).chat("sk-r", headers=slow))
+    assert codes(got) == {200: 9, (429, "key_request_limit_exceeded"): 31}
+    # A restart of one replica keeps the shared state.
+    a.restart()
+    assert a.usage("key:k")["budgets"][0]["used_usd"] == "0.024"
+    assert a.chat("sk-r").status_code == 429
+
+
+def test_auth_off_lets_unknown_callers_through_and_still_governs_known_keys(make_gateway, sim):
+    extra = "  auth: off\n"
+    entities = "  keys: [{id: k, key: sk-k, limits: {requests: [{max: 1, per: day}]}}]\n"
+    port = free_port()
+    text = governance(entities, port, f"gov-{port}.db").replace("  auth: required\n", extra)
+    gw = make_gateway(extra=text, models=MODELS, env=ENV)
+    post = lambda key: requests.post(gw.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG},
+                                     headers={"authorization": f"Bearer {key}"} if key else {}, timeout=10)
+    assert post(None).status_code == 200
+    assert post("sk-some-provider-key").status_code == 200
+    assert post("sk-k").status_code == 200
+    assert post("sk-k").status_code == 429
+
+
+def test_provider_level_limits_per_key(make_gateway, sim):
+    entities = ("  keys:\n"
+                "    - id: k\n"
+                "      key: sk-k\n"
+                "      providers: {sim: {limits: {requests: [{max: 2, per: day}]}, budgets: [{usd: 5, period: month}]}}\n")
+    g = Gov(make_gateway, entities)
+    assert [g.chat("sk-k").status_code for _ in range(2)] == [200, 200]
+    r = g.chat("sk-k")
+    assert r.status_code == 429 and r.json()["error"]["code"] == "provider_request_limit_exceeded", r.text
+    assert "provider `sim`" in r.json()["error"]["message"]
+    assert len(sim.requests()) == 2
+
+
+def test_a_cancelled_stream_gives_its_reservation_back(make_gateway, sim):
+    import socket
+    import time
+    g = Gov(make_gateway, "  keys: [{id: k, key: sk-k, budgets: [{usd: 1, period: day}], limits: {concurrent: 1}}]\n")
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MSG, "stream": True, "max_tokens": 100})
+    s = socket.create_connection(("127.0.0.1", g.gw.port))
+    s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-k\r\n"
+               f"content-type: application/json\r\nx-sim-chunks: 50\r\nx-sim-chunk-gap-ms: 100\r\n"
+               f"content-length: {len(body)}\r\n\r\n{body}").encode())
+    assert b"200" in s.recv(4096)
+    # In flight: $0.10 reserved, and the one slot taken.
+    assert g.usage("key:k")["budgets"][0]["used_usd"] == "0.10"
+    assert g.chat("sk-k").status_code == 429
+    s.close()
+    deadline = time.time() + 5
+    while time.time() < deadline and g.usage("key:k")["budgets"][0]["used_usd"] != "0.00":
+        time.sleep(0.05)
+    assert g.usage("key:k")["budgets"][0]["used_usd"] == "0.00"
+    assert g.chat("sk-k").status_code == 200
+
+
+def test_an_unpriced_model_is_flagged_not_free(make_gateway, sim):
+    models = MODELS + "  - id: sim/mystery-model\n    aliases: [mystery]\n"
+    port = free_port()
+    text = governance("  keys: [{id: k, key: sk-k}]\n", port, f"gov-{port}.db")
+    gw = make_gateway(extra=text, models=models, env=ENV)
+    r = requests.post(gw.url + "/v1/chat/completions", json={"model": "mystery", "messages": MSG},
+                      headers={"authorization": "Bearer sk-k"}, timeout=10)
+    assert r.status_code == 200
+    line = [x for x in gw.log() if x["path"] == "/v1/chat/completions"][-1]
+    assert line["unpriced"] is True and "cost_usd" not in line
+    assert "has no price" in gw.stderr()
+    metrics = requests.get(gw.url + "/metrics", timeout=5).text
+    assert 'tollgate_unpriced_requests_total{model="mystery-model",provider="sim"} 1' in metrics
+    priced = requests.post(gw.url + "/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": MSG},
+                           headers={"authorization": "Bearer sk-k"}, timeout=10)
+    assert priced.status_code == 200
+    line = [x for x in gw.log() if x["path"] == "/v1/chat/completions"][-1]
+    assert line["cost_usd"] == "0.004" and line["key"] == "k" and "unpriced" not in line
+
+
+def test_check_reports_governance_errors(tmp_path):
+    import subprocess
+    from conftest import BIN
+    cfg = tmp_path / "gateway.yaml"
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    cfg.write_text(
+        "listen: 127.0.0.1:1\nproviders: {p: {kind: openai, base_url: 'http://127.0.0.1:9/v1'}}\n"
+        "models: [{id: p/m}]\n"
+        "governance:\n"
+        "  prices: {m: {input: '1.0000001', output: 1}}\n"
+        "  teams: [{id: t, customer: nobody}]\n"
+        "  keys: [{id: a, key: s, team: missing}, {id: b, key: s}]\n")
+    p = subprocess.run([str(BIN / "tollgate"), "check", "--config", str(cfg)], capture_output=True, text=True)
+    assert p.returncode != 0
+    out = p.stdout + p.stderr
+    for want in ["price of `m`", "unknown customer `nobody`", "unknown team `missing`", "same secret"]:
+        assert want in out, out
