@@ -37,7 +37,7 @@ BENCH = ROOT / ".bench"
 LOAD_TESTS = ROOT / "load-tests"
 BIN = Path(os.environ.get("TOLLGATE_BIN_DIR", ROOT / "target" / "release"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-PEERS = ["direct", "nginx", "tollgate", "litellm", "portkey"]
+PEERS = ["direct", "nginx", "pingora", "tollgate", "litellm", "portkey"]
 PORTKEY_HONO_NODE_SERVER = "1.14.1"  # Portkey issue #1389: newer versions fail every stream
 SLO_ADDED_P99_MS = 5.0
 
@@ -104,6 +104,39 @@ def peak_rss_mib(root: int) -> float:
         except OSError:
             pass
     return kib / 1024
+
+
+def rss_mib(root: int) -> float:
+    """VmRSS summed over the process tree now, in MiB."""
+    kib = 0
+    for pid in tree_pids(root):
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    kib += int(line.split()[1])
+        except OSError:
+            pass
+    return kib / 1024
+
+
+class RssSampler:
+    """The largest resident size of a process tree while a step runs, sampled every 100 ms."""
+
+    def __init__(self, root: int):
+        import threading
+        self.root, self.peak, self.stop = root, 0.0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, rss_mib(self.root))
+            self.stop.wait(0.1)
+
+    def done(self) -> float:
+        self.stop.set()
+        self.thread.join()
+        return max(self.peak, rss_mib(self.root))
 
 
 def busy_seconds() -> float:
@@ -733,6 +766,17 @@ http {{
     return proc, Endpoint(p1, "gpt-4o-mini"), Endpoint(p2, "gpt-4o"), "bench", True
 
 
+def start_pingora(run: Run, sims: dict):
+    """A Pingora proxy that only forwards (benches/pingora_floor.rs): the floor under Tollgate."""
+    exe = BIN / "examples" / "pingora_floor"
+    if not exe.exists():
+        raise Unavailable(f"{exe} missing (cargo build --release --example pingora_floor)")
+    p1, p2 = free_port(), free_port()
+    proc = run.start("pingora", [str(exe), f"127.0.0.1:{p1}", f"127.0.0.1:{sims['fast'].port}",
+                                 f"127.0.0.1:{p2}", f"127.0.0.1:{sims['stream'].port}"])
+    return proc, Endpoint(p1, "gpt-4o-mini"), Endpoint(p2, "gpt-4o"), "bench", True
+
+
 def start_tollgate(run: Run, sims: dict):
     exe = BIN / "tollgate"
     if not exe.exists():
@@ -824,9 +868,10 @@ def start_portkey(run: Run, sims: dict):
             Endpoint(port, "gpt-4o", hdr(sims["stream"])), "bench", True)
 
 
-STARTERS = {"direct": start_direct, "nginx": start_nginx, "tollgate": start_tollgate,
+STARTERS = {"direct": start_direct, "nginx": start_nginx, "pingora": start_pingora,
+            "tollgate": start_tollgate,
             "litellm": start_litellm, "portkey": start_portkey}
-READY_TIMEOUT = {"direct": 10, "nginx": 15, "tollgate": 30, "litellm": 240, "portkey": 90}
+READY_TIMEOUT = {"direct": 10, "nginx": 15, "pingora": 15, "tollgate": 30, "litellm": 240, "portkey": 90}
 
 
 # --------------------------------------------------------------------------------------------
@@ -836,7 +881,9 @@ READY_TIMEOUT = {"direct": 10, "nginx": 15, "tollgate": 30, "litellm": 240, "por
 def k6_step(run: Run, k6: K6, proc: Proc, ep: Endpoint, key: str, rate: int, duration: float,
             script: str = "chat.js", extra_env: dict | None = None) -> dict:
     c0 = cpu_seconds(proc.pid)
+    rss = RssSampler(proc.pid)
     res = k6.run(script, ep, rate, duration, key, extra_env)
+    res["rss_mib"] = rss.done()
     res["cpu_s"] = cpu_seconds(proc.pid) - c0
     res["cpu_s_per_10k"] = res["cpu_s"] / res["reqs"] * 1e4 if res["reqs"] else float("nan")
     log(f"  {script} @{rate}/s: {res['rps']:.0f} rps, p50 {res['p50_ms']:.3f} ms, "
@@ -1165,7 +1212,7 @@ def markdown(report: dict) -> str:
     hdr = ["target", "added c=1 p50 / p99 (µs)"]
     hdr += [f"added p50 / p99 @ {r} RPS (ms)" for r in rates]
     hdr += [f"max RPS, added p99 ≤ {cfg['slo_added_p99_ms']:g} ms and 0 errors",
-            "CPU s / 10k req", "peak RSS (MiB)"]
+            "CPU s / 10k req", f"RSS during {cfg.get('cpu_rate', 1000)} RPS (MiB)", "peak RSS (MiB)"]
     L.append("| " + " | ".join(hdr) + " |")
     L.append("|" + "---|" * len(hdr))
     for n in report["order"]:
@@ -1183,15 +1230,19 @@ def markdown(report: dict) -> str:
         else:
             row += [fixed_cell(t, r) for r in rates]
         procs = t.get("processes", 1)
+        at_rate = t["fixed"].get(t.get("cpu_rate")) or t["fixed"].get(str(t.get("cpu_rate"))) or {}
         row += [max_rate_cell(n, t),
                 f"{f(t.get('cpu_s_per_10k'), 2)} (@ {t.get('cpu_rate')} RPS)",
+                f(at_rate.get("rss_mib"), 1),
                 f(t.get("peak_rss_mib"), 1) + (f" ({procs} processes)" if procs > 1 else "")]
         L.append("| " + " | ".join(row) + " |")
     L.append("")
     L.append("The direct row's c=1 figures compare the simulator with itself (the noise floor); "
              "its fixed-rate cells are the absolute latencies the other rows subtract. CPU and "
              "RSS of the direct row are the simulator's own; for the other rows, the target's "
-             "process tree only (the simulator is not counted). ✗ marks a step that did not "
+             "process tree only (the simulator is not counted). RSS during a rate is the largest "
+             "resident size sampled every 100 ms while that step ran; peak RSS is the high-water "
+             "mark over the whole run, overload steps and the 96 KiB mixed workload included. ✗ marks a step that did not "
              "hold the rate cleanly (fewer requests than asked, errors, or iterations k6 "
              "dropped for want of a free virtual user).\n")
 

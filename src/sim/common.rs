@@ -424,6 +424,20 @@ impl Sse {
         Ok(())
     }
 
+    /// Makes the last frame part of the one before it, so that both are sent together.
+    pub(crate) fn join_last(&mut self) {
+        if self.frames.len() >= 2 {
+            if let Some(last) = self.frames.pop() {
+                if let Some(prev) = self.frames.last_mut() {
+                    let mut joined = Vec::with_capacity(prev.len() + last.len());
+                    joined.extend_from_slice(prev);
+                    joined.extend_from_slice(&last);
+                    *prev = joined.into();
+                }
+            }
+        }
+    }
+
     /// `event: NAME\ndata: JSON\n\n`
     pub(crate) fn event<T: Serialize>(&mut self, name: &str, value: &T) -> serde_json::Result<()> {
         let mut buf = Vec::with_capacity(256);

@@ -128,7 +128,9 @@ impl Chunks<'_> {
                 choices: [(); 0],
                 usage: Some(Some(usage)),
             };
+            // Sent with the last chunk, as providers do, not after a gap of its own.
             self.sse.data(&chunk)?;
+            self.sse.join_last();
         }
         self.sse.raw(DONE);
         Ok(self.sse)
