@@ -57,6 +57,7 @@ impl ApiError {
     pub fn anthropic_body(&self) -> Bytes {
         let kind = match self.status {
             401 => "authentication_error",
+            402 => "billing_error",
             403 => "permission_error",
             404 => "not_found_error",
             413 => "request_too_large",

@@ -51,14 +51,21 @@ pub fn load(path: &Path, lookup: bool) -> Result<Live, Vec<ConfigError>> {
     }
     if let Some(g) = &gateway.governance {
         errors.extend(
-            crate::governance::setup::check(g)
-                .into_iter()
-                .map(|message| ConfigError {
-                    file: path.to_path_buf(),
-                    path: "governance".into(),
-                    line: None,
-                    message,
-                }),
+            crate::governance::setup::check(
+                g,
+                &gateway
+                    .providers
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .into_iter()
+            .map(|message| ConfigError {
+                file: path.to_path_buf(),
+                path: "governance".into(),
+                line: None,
+                message,
+            }),
         );
         if !errors.is_empty() {
             return Err(errors);

@@ -17,9 +17,39 @@ pub struct SseFilter {
     /// The stream is Anthropic's (usage arrives in parts; nothing is dropped).
     anthropic: bool,
     pub usage: Option<Usage>,
+    /// Characters of generated text seen (see [`generated_chars`]).
+    pub generated: u64,
     pub done: bool,
     /// An `error` object arrived inside the stream.
     pub error: bool,
+}
+
+/// The length of the generated text in an SSE event's data, in either dialect: the string
+/// values of `content`, `text`, `arguments`, `partial_json` and `thinking`, an escape counting
+/// as one. An estimate for streams that end before their usage report.
+pub fn generated_chars(data: &[u8]) -> u64 {
+    const KEYS: [&[u8]; 5] = [
+        b"\"content\":\"",
+        b"\"text\":\"",
+        b"\"arguments\":\"",
+        b"\"partial_json\":\"",
+        b"\"thinking\":\"",
+    ];
+    let mut n = 0;
+    for key in KEYS {
+        for at in memmem::find_iter(data, key) {
+            let mut i = at + key.len();
+            while let Some(&b) = data.get(i) {
+                match b {
+                    b'"' => break,
+                    b'\\' => i += 2,
+                    _ => i += 1,
+                }
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 /// The end of the first event in `buf`: the index just past its blank line.
@@ -115,6 +145,7 @@ impl SseFilter {
                 }
             }
         }
+        self.generated += generated_chars(&data);
         if data.trim_ascii() == b"[DONE]" {
             self.done = true;
             return false;
@@ -183,6 +214,19 @@ struct ChunkProbe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generated_text_is_counted_in_both_dialects() {
+        let openai = br#"{"choices":[{"delta":{"content":"Hel\"lo"}}]}"#;
+        assert_eq!(generated_chars(openai), 6);
+        let tool = br#"{"delta":{"tool_calls":[{"function":{"arguments":"{\"a\":1}"}}]}}"#;
+        assert_eq!(generated_chars(tool), 7);
+        let anthropic =
+            br#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"Paris"}}"#;
+        assert_eq!(generated_chars(anthropic), 5);
+        assert_eq!(generated_chars(b"[DONE]"), 0);
+        assert_eq!(generated_chars(br#"{"content":"unterminated"#), 12);
+    }
 
     const USAGE: &str = "data: {\"id\":\"x\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3,\"prompt_tokens_details\":{\"cached_tokens\":2}}}\n\n";
     const CHUNK: &str = "data: {\"id\":\"x\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n";

@@ -64,6 +64,10 @@ class Gov:
     def restart(self):
         """Stops the gateway with SIGTERM and starts another on the same store."""
         assert self.gw.stop() == 0
+        self.restart_after_crash()
+
+    def restart_after_crash(self):
+        """Starts another gateway on the same store (the last one already stopped)."""
         self.gw = self.make(extra=self.extra.replace("STORE", self.store), models=MODELS,
                             rules=self.rules, env=ENV)
 
@@ -149,6 +153,40 @@ def test_keys_by_bearer_or_x_api_key_and_refusals_of_bad_ones(make_gateway, sim)
     text = g.gw.stderr() + g.gw.log_path.read_text() + json.dumps(sim.requests())
     for secret in ["sk-bot-secret", "sk-from-env", "sk-revoked", "sk-nope"]:
         assert secret not in text
+
+
+def test_key_header_forms_count_tokens_and_anthropic_refusals(make_gateway, sim):
+    g = Gov(make_gateway, KEYS + "    - {id: broke, key: sk-broke, budgets: [{usd: '0.000000001', period: day}]}\n")
+    for auth in ["BEARER sk-bot-secret", "bearer  sk-bot-secret", "Bearer sk-bot-secret "]:
+        r = requests.post(g.gw.url + "/v1/chat/completions", headers={"authorization": auth},
+                          json={"model": "gpt-4o-mini", "messages": MSG}, timeout=10)
+        assert r.status_code == 200, (auth, r.text)
+    # count_tokens needs a key and follows model rules.
+    ct = lambda key: requests.post(g.gw.url + "/v1/messages/count_tokens", headers={"x-api-key": key},
+                                   json={"model": "gpt-4o-mini", "messages": MSG}, timeout=10)
+    assert ct("sk-bot-secret").status_code == 200
+    assert ct("sk-contractor").status_code == 403
+    assert ct("sk-nope").status_code == 401
+    # Anthropic clients get Anthropic's error types.
+    an = anthropic.Anthropic(base_url=g.gw.url, api_key="sk-broke", max_retries=0)
+    assert an.messages.create(model="gpt-4o-mini", max_tokens=5, messages=MSG).content
+    r = requests.post(g.gw.url + "/v1/messages", headers={"x-api-key": "sk-broke"},
+                      json={"model": "gpt-4o-mini", "max_tokens": 5, "messages": MSG}, timeout=10)
+    assert r.status_code == 402 and r.json()["error"]["type"] == "billing_error", r.text
+
+
+def test_config_wins_over_an_admin_made_entity_of_the_same_id(make_gateway, sim):
+    g = Gov(make_gateway, KEYS)
+    made = g.api("POST", "/admin/keys", json={"id": "later"})
+    assert made.status_code == 201
+    old_secret = made.json()["key"]
+    assert g.gw.stop() == 0
+    g.extra = g.extra.replace("  keys:\n", "  keys:\n    - {id: later, key: sk-later}\n", 1)
+    g.restart_after_crash()
+    assert "ignoring the key `later`" in g.gw.stderr()
+    assert g.chat("sk-later").status_code == 200
+    assert g.chat(old_secret).status_code == 401
+    assert g.api("POST", "/admin/keys", json={"id": "y", "key": " padded "}).status_code == 400
 
 
 def test_model_access_rules_per_key_and_team(make_gateway, sim):
@@ -441,31 +479,113 @@ def test_provider_level_limits_per_key(make_gateway, sim):
     assert len(sim.requests()) == 2
 
 
-def test_a_cancelled_stream_gives_its_reservation_back(make_gateway, sim):
+def stream_socket(g, key: str, extra_headers: str = "", max_tokens: int = 100):
     import socket
-    import time
-    g = Gov(make_gateway, "  keys: [{id: k, key: sk-k, budgets: [{usd: 1, period: day}], limits: {concurrent: 1}}]\n")
-    body = json.dumps({"model": "gpt-4o-mini", "messages": MSG, "stream": True, "max_tokens": 100})
+    body = json.dumps({"model": "gpt-4o-mini", "messages": MSG, "stream": True, "max_tokens": max_tokens})
     s = socket.create_connection(("127.0.0.1", g.gw.port))
-    s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-k\r\n"
-               f"content-type: application/json\r\nx-sim-chunks: 50\r\nx-sim-chunk-gap-ms: 100\r\n"
+    s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n"
+               f"content-type: application/json\r\n{extra_headers}"
                f"content-length: {len(body)}\r\n\r\n{body}").encode())
-    assert b"200" in s.recv(4096)
+    return s
+
+
+def wait_used(g, scope, want, timeout=5.0):
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline and g.usage(scope)["budgets"][0]["used_usd"] != want:
+        time.sleep(0.05)
+    return g.usage(scope)["budgets"][0]["used_usd"]
+
+
+def test_a_cancelled_stream_gives_back_what_it_did_not_use(make_gateway, sim):
+    g = Gov(make_gateway, "  keys: [{id: k, key: sk-k, budgets: [{usd: 1, period: day}], limits: {concurrent: 1}}]\n")
+    s = stream_socket(g, "sk-k", "x-sim-ttft-ms: 2000\r\n")
+    import time
+    time.sleep(0.5)
     # In flight: $0.10 reserved, and the one slot taken.
     assert g.usage("key:k")["budgets"][0]["used_usd"] == "0.10"
     assert g.chat("sk-k").status_code == 429
     s.close()
-    deadline = time.time() + 5
-    while time.time() < deadline and g.usage("key:k")["budgets"][0]["used_usd"] != "0.00":
-        time.sleep(0.05)
-    assert g.usage("key:k")["budgets"][0]["used_usd"] == "0.00"
+    # Nothing was generated before the client left: only the (free) prompt is charged.
+    assert wait_used(g, "key:k", "0.00") == "0.00"
     assert g.chat("sk-k").status_code == 200
+
+
+def test_a_client_that_leaves_before_the_usage_report_still_pays(make_gateway, sim):
+    import time
+    g = Gov(make_gateway, "  keys: [{id: k, key: sk-k, budgets: [{usd: 1, period: day}]}]\n")
+    # Twenty content chunks 50 ms apart, then the finish and usage; the client reads 0.6 s.
+    s = stream_socket(g, "sk-k", "x-sim-chunks: 20\r\nx-sim-chunk-gap-ms: 50\r\n")
+    got = b""
+    end = time.time() + 0.6
+    while time.time() < end:
+        got += s.recv(65536)
+    s.close()
+    assert b"[DONE]" not in got and got.count(b'"content"') >= 5
+    used = float(wait_used(g, "key:k", "never"))
+    # Charged for the text it was sent (about 4 characters a token, $0.001 a token), not
+    # nothing, and not the whole $0.10 reservation.
+    assert 0.001 <= used < 0.1, used
+
+
+def test_a_crash_keeps_settled_spend_but_not_reservations_in_flight(make_gateway, sim):
+    import signal
+    import time
+    g = Gov(make_gateway, "  keys: [{id: k, key: sk-k, budgets: [{usd: 10, period: day}], limits: {concurrent: 1}}]\n")
+    assert g.chat("sk-k").status_code == 200
+    s = stream_socket(g, "sk-k", "x-sim-ttft-ms: 5000\r\n", max_tokens=5000)
+    time.sleep(0.5)
+    assert g.usage("key:k")["budgets"][0]["used_usd"] == "5.004"
+    g.gw.stop(signal.SIGKILL)
+    s.close()
+    g.restart_after_crash()
+    assert g.usage("key:k")["budgets"][0]["used_usd"] == "0.004"
+    assert g.chat("sk-k").status_code == 200
+
+
+def test_a_reset_keeps_what_requests_in_flight_hold(make_gateway, sim):
+    import time
+    g = Gov(make_gateway, "  keys: [{id: k, key: sk-k, budgets: [{usd: 1, period: day}], limits: {concurrent: 1}}]\n")
+    assert g.chat("sk-k").status_code == 200
+    s = stream_socket(g, "sk-k", "x-sim-ttft-ms: 800\r\n")
+    time.sleep(0.3)
+    assert g.api("POST", "/admin/usage/reset", json={"level": "key", "id": "k"}).status_code == 200
+    assert g.usage("key:k")["budgets"][0]["used_usd"] == "0.10", "the reservation in flight stays"
+    assert g.chat("sk-k").status_code == 429, "its slot too"
+    s.close()
+    assert wait_used(g, "key:k", "0.00") == "0.00"
+    assert codes(burst(3, lambda: g.chat("sk-k", max_tokens=5, headers={"x-sim-latency-ms": "300"}))) == \
+        {200: 1, (429, "key_concurrency_limit_exceeded"): 2}
+    for body in [{"level": "key", "id": "*"}, {"level": "*", "id": "k"}, {"level": "key"}]:
+        r = g.api("POST", "/admin/usage/reset", json=body)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_body", r.text
+
+
+def test_absurd_max_tokens_cannot_erase_spend(make_gateway, sim):
+    g = Gov(make_gateway, "  customers: [{id: c, budgets: [{usd: '0.02', period: day}]}]\n"
+                          "  keys: [{id: k, key: sk-k, customer: c, budgets: [{usd: '0.02', period: day}]}]\n")
+    for _ in range(3):
+        assert g.chat("sk-k", max_tokens=5).status_code == 200
+    assert g.usage("customer:c")["budgets"][0]["used_usd"] == "0.012"
+    r = g.chat("sk-k", max_tokens=2**64 - 1, headers={"x-sim-fault": "400"})
+    assert r.status_code in (400, 402), r.text
+    assert g.usage("customer:c")["budgets"][0]["used_usd"] == "0.012"
+    assert g.usage("key:k")["budgets"][0]["used_usd"] == "0.012"
+    # max_tokens 0 still holds a token per choice, and n multiplies the hold.
+    rem = lambda r: int(r.headers["x-ratelimit-remaining-tokens"])
+    made = [g.api("POST", "/admin/keys", json={"id": f"t{i}", "limits": {"tokens": [{"max": 100000, "per": "day"}]}}).json()["key"]
+            for i in range(3)]
+    one = rem(g.chat(made[0], max_tokens=10))
+    three = rem(g.chat(made[1], max_tokens=10, n=3))
+    zero = rem(g.chat(made[2], max_tokens=0))
+    assert one - three == 20 and zero - one == 9
 
 
 def test_an_unpriced_model_is_flagged_not_free(make_gateway, sim):
     models = MODELS + "  - id: sim/mystery-model\n    aliases: [mystery]\n"
     port = free_port()
-    text = governance("  keys: [{id: k, key: sk-k}]\n", port, f"gov-{port}.db")
+    text = governance("  keys: [{id: k, key: sk-k}, {id: b, key: sk-b, budgets: [{usd: 1, period: day}]}]\n",
+                      port, f"gov-{port}.db")
     gw = make_gateway(extra=text, models=models, env=ENV)
     r = requests.post(gw.url + "/v1/chat/completions", json={"model": "mystery", "messages": MSG},
                       headers={"authorization": "Bearer sk-k"}, timeout=10)
@@ -480,6 +600,10 @@ def test_an_unpriced_model_is_flagged_not_free(make_gateway, sim):
     assert priced.status_code == 200
     line = [x for x in gw.log() if x["path"] == "/v1/chat/completions"][-1]
     assert line["cost_usd"] == "0.004" and line["key"] == "k" and "unpriced" not in line
+    # A key with a budget cannot use a model its budget cannot price.
+    r = requests.post(gw.url + "/v1/chat/completions", json={"model": "mystery", "messages": MSG},
+                      headers={"authorization": "Bearer sk-b"}, timeout=10)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "key_model_unpriced", r.text
 
 
 def test_check_reports_governance_errors(tmp_path):
@@ -493,9 +617,14 @@ def test_check_reports_governance_errors(tmp_path):
         "governance:\n"
         "  prices: {m: {input: '1.0000001', output: 1}}\n"
         "  teams: [{id: t, customer: nobody}]\n"
-        "  keys: [{id: a, key: s, team: missing}, {id: b, key: s}]\n")
+        "  redis_url: 'nonsense://x'\n"
+        "  admin: {listen: '127.0.0.1:1', key: 'env:TG_UNSET_ADMIN_KEY'}\n"
+        "  keys: [{id: a, key: s, team: missing}, {id: b, key: s}, {id: e, key: ''},\n"
+        "         {id: p, key: sp, providers: {nowhere: {budgets: [{usd: 1, period: day}]}}}]\n")
     p = subprocess.run([str(BIN / "tollgate"), "check", "--config", str(cfg)], capture_output=True, text=True)
     assert p.returncode != 0
     out = p.stdout + p.stderr
-    for want in ["price of `m`", "unknown customer `nobody`", "unknown team `missing`", "same secret"]:
+    for want in ["price of `m`", "unknown customer `nobody`", "unknown team `missing`", "same secret",
+                 "key `e`: the secret is empty", "unknown provider `nowhere`", "redis_url",
+                 "TG_UNSET_ADMIN_KEY is not set"]:
         assert want in out, out

@@ -2,7 +2,7 @@
 //! usage and remaining budget at each level, usage resets, the price table; and `/metrics`.
 //! Changes are checked by rebuilding the whole directory, stored in SQLite, then swapped in.
 
-use super::keys::{hash_key, CustomerSpec, Directory, KeySpec, TeamSpec};
+use super::keys::{hash_key, valid_id, CustomerSpec, Directory, KeySpec, TeamSpec};
 use super::persist::Db;
 use super::{budget_counter, period::format_utc, prices::Usd, Governance};
 use bytes::Bytes;
@@ -141,6 +141,14 @@ impl Admin {
             for s in stored {
                 let t: T = serde_json::from_str(s)
                     .map_err(|e| vec![format!("stored {}: {e}", kind.name())])?;
+                if fixed.iter().any(|f| id(f) == id(&t)) {
+                    log::warn!(
+                        "ignoring the {} `{}` made through the admin API: gateway.yaml now defines it",
+                        kind.name(),
+                        id(&t)
+                    );
+                    continue;
+                }
                 let gone = matches!(change, Some(Change::Delete(k, i) | Change::Put(k, i, _)) if *k == kind && i == id(&t));
                 if !gone {
                     out.push(t);
@@ -278,7 +286,12 @@ impl Admin {
                     Ok(r) => r,
                     Err(e) => return error(400, "invalid_body", e),
                 };
-                let scope = format!("{}:{}|", r.level.trim_end_matches('s'), r.id);
+                let level = r.level.trim_end_matches('s');
+                if !["customer", "team", "key"].contains(&level) || !valid_id(&r.id) {
+                    let why = "`level` is customer, team or key, and `id` one of its ids.";
+                    return error(400, "invalid_body", why);
+                }
+                let scope = format!("{level}:{}|", r.id);
                 match self.gov.store.reset(&scope) {
                     Ok(n) => answer(200, json!({"reset": n})),
                     Err(e) => error(500, "store_error", e),
@@ -419,6 +432,10 @@ impl Admin {
             };
             let hash =
                 match (&spec.key, &spec.key_sha256) {
+                    (Some(k), None) if k.is_empty() || k.trim() != k => {
+                        let why = "`key` must not be empty or begin or end with spaces.";
+                        return error(400, "invalid_body", why);
+                    }
                     (Some(k), None) if !k.starts_with("env:") => hash_key(k),
                     (Some(_), _) => return error(
                         400,

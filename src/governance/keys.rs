@@ -414,7 +414,14 @@ impl Directory {
                 errors.push(format!("key id `{id}`: {ID_RULE}"));
             }
             let hash = match (&k.key, &k.key_sha256) {
-                (Some(s), None) => secret(s).map(|s| hash_key(&s)),
+                (Some(s), None) => secret(s).and_then(|s| {
+                    // Clients' keys are read trimmed, so such a key could never match.
+                    if s.is_empty() || s.trim() != s {
+                        Err("the secret is empty or begins or ends with spaces".into())
+                    } else {
+                        Ok(hash_key(&s))
+                    }
+                }),
                 (None, Some(h)) => {
                     from_hex(h).ok_or_else(|| "key_sha256 is not 64 hex digits".into())
                 }

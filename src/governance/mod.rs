@@ -23,6 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use store::{Charge, Check, Store};
 
+/// The most tokens one request may reserve on each side, and the most it may reserve in cost
+/// ($1M): far past any real request, and far below what a counter holds.
+const MAX_EST_TOKENS: u64 = 100_000_000;
+const MAX_EST_COST: i64 = 1_000_000_000_000_000;
+
 /// What a request is expected to use, for reservations made before it is sent.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Estimate {
@@ -61,6 +66,8 @@ struct Held {
 #[derive(Debug)]
 pub struct Admission {
     pub key: Arc<KeyEntry>,
+    /// What was reserved, in tokens.
+    pub est: Estimate,
     /// The provider whose level was charged.
     provider: Option<String>,
     held: Vec<Held>,
@@ -130,8 +137,8 @@ fn secret(headers: &HeaderMap) -> Option<&str> {
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+            let (scheme, rest) = v.trim_start().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(rest)
         });
     bearer
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
@@ -297,9 +304,14 @@ impl Governance {
         est: &Estimate,
     ) -> Result<Admission, Refusal> {
         let now = self.clock.now_ms();
-        let est_cost = self.estimate_cost(model, est).unwrap_or_default();
-        let est_tokens = i64::try_from(est.prompt_tokens.saturating_add(est.completion_tokens))
-            .unwrap_or(i64::MAX);
+        // Bounded, so that no reservation can push a counter to its limits and lose what it held.
+        let est = Estimate {
+            prompt_tokens: est.prompt_tokens.min(MAX_EST_TOKENS),
+            completion_tokens: est.completion_tokens.min(MAX_EST_TOKENS),
+        };
+        let priced = self.estimate_cost(model, &est);
+        let est_cost = Usd(priced.map_or(0, |c| c.0.min(MAX_EST_COST)));
+        let est_tokens = i64::try_from(est.prompt_tokens + est.completion_tokens).unwrap_or(0);
         let provider_level = key.providers.get(provider);
         let mut held = Vec::new();
         for l in key.levels.iter().chain(provider_level) {
@@ -312,6 +324,7 @@ impl Governance {
                     charge: Charge {
                         counter,
                         amount: est_cost.0,
+                        hold: est_cost.0,
                         limit: b.limit.0,
                         check: Check::Below,
                         expires_ms: end,
@@ -332,6 +345,8 @@ impl Governance {
                         charge: Charge {
                             counter: format!("{}|{tag}|{}|{start}", l.scope, w.per.as_str()),
                             amount,
+                            // A request counts once admitted; its tokens are held until settled.
+                            hold: if kind == Kind::Tokens { amount } else { 0 },
                             limit: i64::try_from(w.max).unwrap_or(i64::MAX),
                             check: Check::Fits,
                             expires_ms: end,
@@ -347,6 +362,7 @@ impl Governance {
                     charge: Charge {
                         counter: format!("{}|inflight", l.scope),
                         amount: 1,
+                        hold: 1,
                         limit: i64::from(max),
                         check: Check::Fits,
                         // Settled requests give their slot back; this only bounds a leak.
@@ -354,6 +370,20 @@ impl Governance {
                     },
                     limit: 0,
                 });
+            }
+        }
+        if priced.is_none() {
+            // A budget cannot hold back spend it cannot price.
+            if let Some(h) = held.iter().find(|h| h.kind == Kind::Budget) {
+                let level = h.level.as_str();
+                return Err(Refusal::from(ApiError::new(
+                    403,
+                    "permission_error",
+                    code(h.level, "model_unpriced"),
+                    format!(
+                        "The model `{model}` has no price, so the {level} budget cannot be enforced; add it under `governance.prices`."
+                    ),
+                )));
             }
         }
         let charges: Vec<Charge> = held.iter().map(|h| h.charge.clone()).collect();
@@ -369,6 +399,7 @@ impl Governance {
         match reserved {
             Ok(values) => Ok(Admission {
                 key: key.clone(),
+                est,
                 provider: provider_level.map(|_| provider.to_string()),
                 headers: rate_headers(&held, &values, now),
                 held,
@@ -443,25 +474,31 @@ impl Governance {
         let mut adjust = Vec::new();
         let mut budgets = Vec::new();
         for h in &a.held {
-            let amount = match h.kind {
+            // (the change to the counter, the change to what is held)
+            let (amount, hold) = match h.kind {
                 Kind::Requests => continue,
-                Kind::Concurrent => -1,
+                Kind::Concurrent => (-1, -1),
                 // The provider level of a provider the request did not end on gets it all back.
-                Kind::Budget if moved && h.level == LevelKind::Provider => -a.est_cost.0,
-                Kind::Tokens if moved && h.level == LevelKind::Provider => -a.est_tokens,
-                Kind::Budget => cost.0 - a.est_cost.0,
-                Kind::Tokens => tokens - a.est_tokens,
+                Kind::Budget if moved && h.level == LevelKind::Provider => {
+                    (-a.est_cost.0, -a.est_cost.0)
+                }
+                Kind::Tokens if moved && h.level == LevelKind::Provider => {
+                    (-a.est_tokens, -a.est_tokens)
+                }
+                Kind::Budget => (cost.0 - a.est_cost.0, -a.est_cost.0),
+                Kind::Tokens => (tokens - a.est_tokens, -a.est_tokens),
             };
             if h.kind == Kind::Budget {
                 // Alerts look at the settled spend: the counter less this request's cost, then
                 // with it.
                 let charged = if amount == -a.est_cost.0 { 0 } else { cost.0 };
                 budgets.push((adjust.len(), h, charged));
-            } else if amount == 0 {
+            } else if amount == 0 && hold == 0 {
                 continue;
             }
             adjust.push(Charge {
                 amount,
+                hold,
                 ..h.charge.clone()
             });
         }
@@ -477,6 +514,7 @@ impl Governance {
                     adjust.push(Charge {
                         counter,
                         amount: cost.0,
+                        hold: 0,
                         limit: b.limit.0,
                         check: Check::None,
                         expires_ms: end,
@@ -487,6 +525,7 @@ impl Governance {
                     adjust.push(Charge {
                         counter: format!("{}|tok|{}|{start}", l.scope, w.per.as_str()),
                         amount: tokens,
+                        hold: 0,
                         limit: 0,
                         check: Check::None,
                         expires_ms: end,

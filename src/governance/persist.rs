@@ -54,7 +54,14 @@ impl Db {
         let mut n = 0;
         for row in rows {
             let (name, value, expires_ms) = row.map_err(|e| e.to_string())?;
-            store.restore(name, Slot { value, expires_ms });
+            store.restore(
+                name,
+                Slot {
+                    value,
+                    expires_ms,
+                    held: 0,
+                },
+            );
             n += 1;
         }
         conn.execute(
@@ -172,6 +179,7 @@ mod tests {
         let c = |name: &str, amount, expires_ms| Charge {
             counter: name.into(),
             amount,
+            hold: 0,
             limit: 0,
             check: Check::None,
             expires_ms,
@@ -192,6 +200,19 @@ mod tests {
         let got =
             futures_util::FutureExt::now_or_never(again.get(&["spend".into(), "old".into()], 500));
         assert_eq!(got.unwrap().unwrap(), vec![7, 0]);
+        // A reservation in flight is not spend: it is not written.
+        let held = Charge {
+            hold: 5,
+            ..c("spend", 5, 10_000)
+        };
+        again.adjust(&[held], 500).unwrap();
+        db.flush(&again).unwrap();
+        drop(db);
+        let db = Db::open(&dir).unwrap();
+        let third = MemoryStore::default();
+        db.restore(&third, 500).unwrap();
+        let got = futures_util::FutureExt::now_or_never(third.get(&["spend".into()], 500));
+        assert_eq!(got.unwrap().unwrap(), vec![7]);
         db.put_entity("key", "a", "{}").unwrap();
         assert_eq!(db.entities("key").unwrap(), vec!["{}"]);
         assert!(db.delete_entity("key", "a").unwrap());

@@ -44,6 +44,7 @@ pub struct RedisStore {
     conn: MultiplexedConnection,
     blocking: Mutex<Option<redis::Connection>>,
     reserve: Script,
+    adjust: Script,
     /// Drives the async connection, whichever runtime the caller is on.
     _runtime: tokio::runtime::Runtime,
 }
@@ -73,6 +74,7 @@ impl RedisStore {
             conn,
             blocking: Mutex::new(None),
             reserve: Script::new(RESERVE),
+            adjust: Script::new(ADJUST),
             _runtime: runtime,
         })
     }
@@ -98,16 +100,20 @@ impl RedisStore {
     }
 }
 
-fn adjust_pipe(charges: &[Charge]) -> redis::Pipeline {
-    let mut p = redis::pipe();
-    p.atomic();
-    for c in charges {
-        let n = name(&c.counter);
-        p.cmd("INCRBY").arg(&n).arg(c.amount);
-        p.cmd("PEXPIREAT").arg(&n).arg(c.expires_ms).ignore();
-    }
-    p
-}
+/// Adds to each counter, never taking one below zero (a reset while requests were in flight).
+const ADJUST: &str = r"
+local out = {}
+for i = 1, #KEYS do
+  local v = redis.call('INCRBY', KEYS[i], ARGV[2 * i - 1])
+  if v < 0 then
+    redis.call('SET', KEYS[i], 0)
+    v = 0
+  end
+  redis.call('PEXPIREAT', KEYS[i], ARGV[2 * i])
+  out[i] = v
+end
+return out
+";
 
 #[async_trait]
 impl Store for RedisStore {
@@ -149,8 +155,11 @@ impl Store for RedisStore {
         if charges.is_empty() {
             return Ok(Vec::new());
         }
-        let pipe = adjust_pipe(charges);
-        self.with_blocking(|c| pipe.query::<Vec<i64>>(c))
+        let mut inv = self.adjust.prepare_invoke();
+        for c in charges {
+            inv.key(name(&c.counter)).arg(c.amount).arg(c.expires_ms);
+        }
+        self.with_blocking(|c| inv.invoke::<Vec<i64>>(c))
     }
 
     async fn get(&self, counters: &[String], _now_ms: i64) -> Result<Vec<i64>, StoreError> {
@@ -172,6 +181,11 @@ impl Store for RedisStore {
         let pattern = format!("{}*", name(prefix));
         self.with_blocking(|c| {
             let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query(c)?;
+            // Requests in flight keep their slots.
+            let keys: Vec<String> = keys
+                .into_iter()
+                .filter(|k| !k.ends_with("|inflight"))
+                .collect();
             if keys.is_empty() {
                 return Ok(0);
             }

@@ -23,9 +23,30 @@ fn env_secret(s: &str) -> Result<String, String> {
     }
 }
 
-/// What `tollgate check` can find without starting anything.
-pub fn check(spec: &GovernanceSpec) -> Vec<String> {
+/// What `tollgate check` can find without starting anything; `providers` are the names
+/// `gateway.yaml` defines.
+pub fn check(spec: &GovernanceSpec, providers: &[&str]) -> Vec<String> {
     let mut errors = Vec::new();
+    for k in &spec.keys {
+        for p in k.providers.keys() {
+            if !providers.contains(&p.as_str()) {
+                errors.push(format!(
+                    "key `{}`: providers.{p}: unknown provider `{p}`",
+                    k.id
+                ));
+            }
+        }
+    }
+    if let Some(url) = &spec.redis_url {
+        if let Err(e) = redis::Client::open(url.as_str()) {
+            errors.push(format!("redis_url: {e}"));
+        }
+    }
+    if let Some(k) = spec.admin.as_ref().and_then(|a| a.key.as_deref()) {
+        if let Err(e) = env_secret(k) {
+            errors.push(format!("admin.key: {e}"));
+        }
+    }
     if let Err(e) = PriceTable::embedded().with_overrides(&spec.prices) {
         errors.push(format!("prices: {e}"));
     }

@@ -24,6 +24,9 @@ pub enum Check {
 pub struct Charge {
     pub counter: String,
     pub amount: i64,
+    /// How much of `amount` is a reservation still in flight (negative when one is settled).
+    /// Reservations are not spend: they are not persisted, and a reset keeps them.
+    pub hold: i64,
     pub limit: i64,
     pub check: Check,
     /// When the counter may be forgotten (its window's end), Unix ms.
@@ -75,6 +78,8 @@ pub trait Store: Send + Sync {
 pub struct Slot {
     pub value: i64,
     pub expires_ms: i64,
+    /// The part of `value` held by requests in flight.
+    pub held: i64,
 }
 
 const SHARDS: usize = 64;
@@ -106,10 +111,20 @@ impl Shard {
     }
 
     fn add(&mut self, c: &Charge, now_ms: i64) -> i64 {
-        let v = self.value(&c.counter, now_ms).saturating_add(c.amount);
+        let held = match self.slots.get(&c.counter) {
+            Some(s) if s.expires_ms > now_ms => s.held,
+            _ => 0,
+        };
+        let held = held.saturating_add(c.hold).max(0);
+        // Settling never takes a counter below what is still held (after a reset, say).
+        let v = self
+            .value(&c.counter, now_ms)
+            .saturating_add(c.amount)
+            .max(held);
         let slot = Slot {
             value: v,
             expires_ms: c.expires_ms,
+            held,
         };
         match self.slots.entry(c.counter.clone()) {
             Entry::Occupied(mut e) => {
@@ -185,16 +200,20 @@ impl MemoryStore {
             .collect())
     }
 
-    /// Every counter changed since the last call, with its value now (`None` once expired or
-    /// reset); for persistence.
+    /// Every counter changed since the last call, with its settled value now (less what is
+    /// held in flight; `None` once expired or reset to nothing); for persistence.
     pub fn take_dirty(&self) -> Vec<(String, Option<Slot>)> {
         let mut out = Vec::new();
         for shard in &self.shards {
             let mut s = lock(shard);
             let names = std::mem::take(&mut s.dirty);
             for name in names {
-                let slot = s.slots.get(&name).copied();
-                out.push((name, slot));
+                let slot = s.slots.get(&name).map(|v| Slot {
+                    value: v.value - v.held,
+                    expires_ms: v.expires_ms,
+                    held: 0,
+                });
+                out.push((name, slot.filter(|v| v.value != 0)));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -202,7 +221,7 @@ impl MemoryStore {
         out
     }
 
-    /// Puts back counters read from storage at start.
+    /// Puts back counters read from storage at start (settled values, nothing held).
     pub fn restore(&self, name: String, slot: Slot) {
         let i = self.shard_of(&name);
         lock(&self.shards[i]).slots.insert(name, slot);
@@ -258,17 +277,14 @@ impl Store for MemoryStore {
         let mut n = 0;
         for shard in &self.shards {
             let mut s = lock(shard);
-            let gone: Vec<String> = s
-                .slots
-                .keys()
-                .filter(|k| k.starts_with(prefix))
-                .cloned()
-                .collect();
-            n += gone.len();
-            for k in gone {
-                s.slots.remove(&k);
-                s.dirty.push(k);
+            let mut touched = Vec::new();
+            for (k, v) in s.slots.iter_mut().filter(|(k, _)| k.starts_with(prefix)) {
+                // What requests in flight hold stays until they settle.
+                v.value = v.held;
+                touched.push(k.clone());
             }
+            n += touched.len();
+            s.dirty.extend(touched);
         }
         Ok(n)
     }
@@ -282,6 +298,7 @@ impl Store for MemoryStore {
         let c = Charge {
             counter: name.to_string(),
             amount: 1,
+            hold: 0,
             limit: 0,
             check: Check::None,
             expires_ms,
@@ -300,6 +317,7 @@ mod tests {
         Charge {
             counter: counter.into(),
             amount,
+            hold: 0,
             limit,
             check,
             expires_ms: 1_000,

@@ -106,6 +106,11 @@ pub struct Exchange {
     /// Governance's reservation for this request, settled when the answer ends (before its
     /// last bytes reach the client) or when the exchange is dropped.
     pub admission: Option<(Arc<Governance>, Admission)>,
+    /// The provider accepted the request (its answer began with a success status).
+    pub answered_ok: bool,
+    /// Characters of generated text streamed so far: what a stream cut before its usage
+    /// report is charged by.
+    pub generated: u64,
     pub started: Instant,
     /// When the current attempt was sent; a whole (non-stream) answer must arrive within the
     /// provider's `first_byte` of it.
@@ -156,6 +161,8 @@ impl Exchange {
             upstream: Endpoint::Chat,
             headers: Vec::new(),
             admission: None,
+            answered_ok: false,
+            generated: 0,
             started,
             attempt_started: started,
             response_started: false,
@@ -370,7 +377,17 @@ impl Exchange {
         };
         let actual = {
             let o = self.outcome();
-            let u = o.usage.unwrap_or_default();
+            let u = match o.usage {
+                Some(u) => u,
+                // No usage report (the client left, the stream broke): the provider still
+                // bills the prompt and what it generated, estimated from the text streamed.
+                None if self.answered_ok => Usage {
+                    prompt_tokens: admission.est.prompt_tokens,
+                    completion_tokens: self.generated.div_ceil(4),
+                    ..Usage::default()
+                },
+                None => Usage::default(),
+            };
             Actual {
                 provider: o.provider.clone(),
                 model: o.upstream_model.clone(),

@@ -393,6 +393,11 @@ impl Gateway {
             if live.router.route(&facts).is_none() {
                 return Ok(Err(ApiError::model_not_found(&request.model)));
             }
+            if let (Some(gov), Some(key)) = (&self.accounts.gov, &ctx.key) {
+                if let Err(e) = gov.check_model(key, &request.model) {
+                    return Ok(Err(self.refused(ctx, e)));
+                }
+            }
             return match anthropic::count_tokens(&body) {
                 Ok(n) => {
                     let answer = Bytes::from(format!("{{\"input_tokens\":{n}}}"));
@@ -468,9 +473,19 @@ impl Gateway {
         if let (Some((gov, key)), Some(&first)) = (&gov, plan.first()) {
             let t = &route.targets[first];
             let (prompt_tokens, max) = request.token_estimate();
+            let choices = request
+                .field("n")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(1)
+                .clamp(1, 128);
+            let completion = match max {
+                Some(0) if endpoint == Endpoint::Embeddings => 0,
+                // Nothing is free: at least one token per choice is held.
+                m => m.unwrap_or(gov.settings.default_max_tokens).max(1) * choices,
+            };
             let est = Estimate {
-                prompt_tokens,
-                completion_tokens: max.unwrap_or(gov.settings.default_max_tokens),
+                prompt_tokens: prompt_tokens.max(1),
+                completion_tokens: completion,
             };
             let provider = &live.providers[t.provider].name;
             match gov.admit(key, provider, &t.model, &est).await {
@@ -1150,6 +1165,7 @@ impl ProxyHttp for Gateway {
             }
             o.attempts
         };
+        ex.answered_ok = status < 400;
         resp.insert_header("x-request-id", &ex.request_id)?;
         resp.insert_header("x-tollgate-provider", provider)?;
         resp.insert_header("x-tollgate-model", id)?;
@@ -1207,6 +1223,7 @@ impl ProxyHttp for Gateway {
                         lock(&ex.outcome).error = Some("upstream_stream_incomplete".into());
                     }
                 }
+                ex.generated += crate::sse::generated_chars(&out);
                 *body = Some(out.into());
                 if t.error() {
                     lock(&ex.outcome).error = Some("upstream_stream_error".into());
@@ -1305,6 +1322,7 @@ impl ProxyHttp for Gateway {
                 if filter.error {
                     lock(&ex.outcome).error = Some("upstream_stream_error".into());
                 }
+                ex.generated = filter.generated;
                 filter.usage
             }
         };
