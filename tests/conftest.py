@@ -55,7 +55,11 @@ class Sim:
 
     def stop(self) -> None:
         self.proc.terminate()
-        self.proc.wait(timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
 
 DEFAULT_MODELS = """\
@@ -118,7 +122,13 @@ class Gateway:
     def stop(self, sig=signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-            return self.proc.wait(timeout=30)
+            try:
+                return self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                # Never leave a gateway behind: a stuck one is killed, and the test fails.
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+                raise
         return self.proc.returncode
 
 

@@ -473,6 +473,18 @@ impl Admin {
                 o.remove("key");
             }
         }
+        // Stored and answered in one canonical form (amounts as decimal strings, defaults left out).
+        let canonical = match kind {
+            Kind::Customer => {
+                serde_json::from_value::<CustomerSpec>(v).and_then(serde_json::to_value)
+            }
+            Kind::Team => serde_json::from_value::<TeamSpec>(v).and_then(serde_json::to_value),
+            Kind::Key => serde_json::from_value::<KeySpec>(v).and_then(serde_json::to_value),
+        };
+        let v = match canonical {
+            Ok(v) => v,
+            Err(e) => return error(400, "invalid_body", e),
+        };
         let spec = v.to_string();
         match self.apply(Change::Put(kind, id.clone(), spec)) {
             Ok(()) => {

@@ -179,6 +179,11 @@ fn finish(ctx: &mut Ctx, r: &mut Record) {
         r.key = Some(k.id.clone());
         r.team = k.team.clone();
     }
+    // Local endpoints (/health, /metrics) are not API traffic.
+    let api = r.path.starts_with("/v1/");
+    if !api {
+        return;
+    }
     acc.metrics.record(&Sample {
         provider: r.provider.as_deref().unwrap_or(""),
         model: r.upstream_model.as_deref().unwrap_or(""),
