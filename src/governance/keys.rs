@@ -303,15 +303,6 @@ impl Policy {
         };
         (self.allow.is_empty() || hit(&self.allow)) && !hit(&self.deny)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.budgets.is_empty()
-            && self.requests.is_empty()
-            && self.tokens.is_empty()
-            && self.concurrent.is_none()
-            && self.allow.is_empty()
-            && self.deny.is_empty()
-    }
 }
 
 /// One level a request is governed at; `scope` names its counters (`team:search`).
@@ -535,6 +526,25 @@ impl Directory {
     }
 }
 
+/// A directory from YAML lists of customers, teams and keys; for tests.
+#[cfg(test)]
+pub(crate) fn directory_from_yaml(
+    yaml: &str,
+    secret: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<Directory, Vec<String>> {
+    #[derive(Deserialize)]
+    struct All {
+        #[serde(default)]
+        customers: Vec<CustomerSpec>,
+        #[serde(default)]
+        teams: Vec<TeamSpec>,
+        #[serde(default)]
+        keys: Vec<KeySpec>,
+    }
+    let a: All = serde_yaml::from_str(yaml).map_err(|e| vec![e.to_string()])?;
+    Directory::build(a.customers, a.teams, a.keys, secret)
+}
+
 const ID_RULE: &str = "ids are 1 to 64 letters, digits, `-`, `_` or `.`";
 
 pub fn valid_id(id: &str) -> bool {
@@ -553,17 +563,7 @@ mod tests {
     }
 
     fn dir(yaml: &str) -> Result<Directory, Vec<String>> {
-        #[derive(Deserialize)]
-        struct All {
-            #[serde(default)]
-            customers: Vec<CustomerSpec>,
-            #[serde(default)]
-            teams: Vec<TeamSpec>,
-            #[serde(default)]
-            keys: Vec<KeySpec>,
-        }
-        let a: All = serde_yaml::from_str(yaml).unwrap();
-        Directory::build(a.customers, a.teams, a.keys, &plain)
+        directory_from_yaml(yaml, &plain)
     }
 
     #[test]

@@ -728,7 +728,6 @@ fn rate_headers(held: &[Held], values: &[i64], now: i64) -> Vec<(String, String)
 
 #[cfg(test)]
 mod tests {
-    use super::keys::{CustomerSpec, KeySpec, TeamSpec};
     use super::period::{parse_utc, ManualClock};
     use super::store::MemoryStore;
     use super::*;
@@ -742,17 +741,7 @@ mod tests {
     /// Model `m` costs $1 per million input tokens and $1,000 per million output tokens, so
     /// one output token is $0.001.
     fn fixture(yaml: &str, now: &str) -> Fixture {
-        #[derive(serde::Deserialize)]
-        struct All {
-            #[serde(default)]
-            customers: Vec<CustomerSpec>,
-            #[serde(default)]
-            teams: Vec<TeamSpec>,
-            #[serde(default)]
-            keys: Vec<KeySpec>,
-        }
-        let a: All = serde_yaml::from_str(yaml).unwrap();
-        let dir = Directory::build(a.customers, a.teams, a.keys, &|s| Ok(s.to_string())).unwrap();
+        let dir = keys::directory_from_yaml(yaml, &|s| Ok(s.to_string())).unwrap();
         let overrides = serde_yaml::from_str("{m: {input: 1, output: 1000}}").unwrap();
         let prices = PriceTable::embedded().with_overrides(&overrides).unwrap();
         let clock = Arc::new(ManualClock::new(parse_utc(now).unwrap()));

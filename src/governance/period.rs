@@ -218,35 +218,30 @@ mod tests {
     fn calendar_windows_start_on_utc_boundaries() {
         let s = |a: &str, b: &str| (a.to_string(), b.to_string());
         let now = "2026-12-04T10:17:33Z";
-        assert_eq!(
-            w(Period::Minute, now),
-            s("2026-12-04T10:17:00Z", "2026-12-04T10:18:00Z")
-        );
-        assert_eq!(
-            w(Period::Hour, now),
-            s("2026-12-04T10:00:00Z", "2026-12-04T11:00:00Z")
-        );
-        assert_eq!(
-            w(Period::Day, now),
-            s("2026-12-04T00:00:00Z", "2026-12-05T00:00:00Z")
-        );
         // 2026-12-04 is a Friday; its week began on Monday the 30th of November.
-        assert_eq!(
-            w(Period::Week, now),
-            s("2026-11-30T00:00:00Z", "2026-12-07T00:00:00Z")
-        );
-        assert_eq!(
-            w(Period::Month, now),
-            s("2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z")
-        );
-        assert_eq!(
-            w(Period::Quarter, now),
-            s("2026-10-01T00:00:00Z", "2027-01-01T00:00:00Z")
-        );
-        assert_eq!(
-            w(Period::Year, now),
-            s("2026-01-01T00:00:00Z", "2027-01-01T00:00:00Z")
-        );
+        for (p, start, end) in [
+            (
+                Period::Minute,
+                "2026-12-04T10:17:00Z",
+                "2026-12-04T10:18:00Z",
+            ),
+            (Period::Hour, "2026-12-04T10:00:00Z", "2026-12-04T11:00:00Z"),
+            (Period::Day, "2026-12-04T00:00:00Z", "2026-12-05T00:00:00Z"),
+            (Period::Week, "2026-11-30T00:00:00Z", "2026-12-07T00:00:00Z"),
+            (
+                Period::Month,
+                "2026-12-01T00:00:00Z",
+                "2027-01-01T00:00:00Z",
+            ),
+            (
+                Period::Quarter,
+                "2026-10-01T00:00:00Z",
+                "2027-01-01T00:00:00Z",
+            ),
+            (Period::Year, "2026-01-01T00:00:00Z", "2027-01-01T00:00:00Z"),
+        ] {
+            assert_eq!(w(p, now), s(start, end), "{p:?}");
+        }
         // February of a leap year, and a Monday itself.
         let feb = w(Period::Month, "2028-02-29T23:59:59Z");
         assert_eq!(feb, s("2028-02-01T00:00:00Z", "2028-03-01T00:00:00Z"));
