@@ -1371,6 +1371,10 @@ impl ProxyHttp for Gateway {
                 api
             }
         };
+        // Settled before the client hears of the failure, so its next request sees the budget.
+        if let Some(ex) = ctx.exchange.as_deref_mut() {
+            ex.settle();
+        }
         let written = match session.response_written() {
             None => {
                 // Pingora does not reuse a client connection after a failed upstream exchange:
