@@ -93,30 +93,27 @@ def cpu_seconds(root: int) -> float:
     return total / CLK_TCK
 
 
-def peak_rss_mib(root: int) -> float:
-    """VmHWM summed over the process tree, in MiB."""
+def _status_mib(root: int, field: str) -> float:
+    """A /proc/PID/status memory field summed over the process tree, in MiB."""
     kib = 0
     for pid in tree_pids(root):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     kib += int(line.split()[1])
         except OSError:
             pass
     return kib / 1024
+
+
+def peak_rss_mib(root: int) -> float:
+    """VmHWM (the high-water mark) over the process tree."""
+    return _status_mib(root, "VmHWM:")
 
 
 def rss_mib(root: int) -> float:
-    """VmRSS summed over the process tree now, in MiB."""
-    kib = 0
-    for pid in tree_pids(root):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    kib += int(line.split()[1])
-        except OSError:
-            pass
-    return kib / 1024
+    """VmRSS (resident now) over the process tree."""
+    return _status_mib(root, "VmRSS:")
 
 
 class RssSampler:

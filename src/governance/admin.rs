@@ -2,7 +2,7 @@
 //! usage and remaining budget at each level, usage resets, the price table; and `/metrics`.
 //! Changes are checked by rebuilding the whole directory, stored in SQLite, then swapped in.
 
-use super::keys::{hash_key, valid_id, CustomerSpec, Directory, KeySpec, TeamSpec};
+use super::keys::{env_secret, hash_key, valid_id, CustomerSpec, Directory, KeySpec, TeamSpec};
 use super::persist::Db;
 use super::{budget_counter, period::format_utc, prices::Usd, Governance};
 use bytes::Bytes;
@@ -93,15 +93,6 @@ impl Kind {
 pub enum Change {
     Put(Kind, String, String),
     Delete(Kind, String),
-}
-
-fn env_secret(s: &str) -> Result<String, String> {
-    match s.strip_prefix("env:") {
-        Some(var) => {
-            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
-        }
-        None => Ok(s.to_string()),
-    }
 }
 
 impl Admin {

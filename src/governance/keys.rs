@@ -545,6 +545,17 @@ pub(crate) fn directory_from_yaml(
     Directory::build(a.customers, a.teams, a.keys, secret)
 }
 
+/// A secret as written in config: `env:VAR` reads it from the environment (an unset variable is an
+/// error), anything else is the secret itself.
+pub fn env_secret(s: &str) -> Result<String, String> {
+    match s.strip_prefix("env:") {
+        Some(var) => {
+            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
+        }
+        None => Ok(s.to_string()),
+    }
+}
+
 const ID_RULE: &str = "ids are 1 to 64 letters, digits, `-`, `_` or `.`";
 
 pub fn valid_id(id: &str) -> bool {

@@ -57,9 +57,11 @@ enum Kind {
 struct Held {
     kind: Kind,
     level: LevelKind,
+    /// The level's id (a team's, or the provider's name).
+    id: String,
+    /// The counter's period and window start; none for concurrency.
+    window: Option<(period::Period, i64)>,
     charge: Charge,
-    /// The budget's limit in nano-USD, for alerts.
-    limit: i64,
 }
 
 /// An admitted request's reservation, settled when the request ends.
@@ -321,6 +323,8 @@ impl Governance {
                 held.push(Held {
                     kind: Kind::Budget,
                     level: l.kind,
+                    id: l.id.clone(),
+                    window: Some((b.period, b.period.window(b.reset, b.anchor_ms, now).0)),
                     charge: Charge {
                         counter,
                         amount: est_cost.0,
@@ -329,7 +333,6 @@ impl Governance {
                         check: Check::Below,
                         expires_ms: end,
                     },
-                    limit: b.limit.0,
                 });
             }
             for (kind, list, amount) in [
@@ -342,6 +345,8 @@ impl Governance {
                     held.push(Held {
                         kind,
                         level: l.kind,
+                        id: l.id.clone(),
+                        window: Some((w.per, start)),
                         charge: Charge {
                             counter: format!("{}|{tag}|{}|{start}", l.scope, w.per.as_str()),
                             amount,
@@ -351,7 +356,6 @@ impl Governance {
                             check: Check::Fits,
                             expires_ms: end,
                         },
-                        limit: 0,
                     });
                 }
             }
@@ -359,6 +363,8 @@ impl Governance {
                 held.push(Held {
                     kind: Kind::Concurrent,
                     level: l.kind,
+                    id: l.id.clone(),
+                    window: None,
                     charge: Charge {
                         counter: format!("{}|inflight", l.scope),
                         amount: 1,
@@ -368,7 +374,6 @@ impl Governance {
                         // Settled requests give their slot back; this only bounds a leak.
                         expires_ms: now + 3_600_000,
                     },
-                    limit: 0,
                 });
             }
         }
@@ -406,16 +411,7 @@ impl Governance {
                 est_cost,
                 est_tokens,
             }),
-            Err((i, seen)) => {
-                let h = &held[i];
-                let l = key
-                    .levels
-                    .iter()
-                    .chain(provider_level)
-                    .find(|l| l.kind == h.level)
-                    .map_or("", |l| l.id.as_str());
-                Err(refusal(h, l, seen[i], now))
-            }
+            Err((i, seen)) => Err(refusal(&held[i], seen[i], now)),
         }
     }
 
@@ -539,7 +535,7 @@ impl Governance {
         match self.store.adjust(&adjust, now) {
             Ok(values) => {
                 for (i, h, amount) in budgets {
-                    self.alert_crossings(&a.key, h, values[i] - amount, values[i], now);
+                    self.alert_crossings(h, values[i] - amount, values[i], now);
                 }
             }
             Err(e) => log::error!("governance store: cannot settle a request: {e}"),
@@ -547,14 +543,15 @@ impl Governance {
     }
 
     /// Fires an alert for each threshold a budget counter crossed upward, once per window.
-    fn alert_crossings(&self, key: &KeyEntry, h: &Held, before: i64, after: i64, now: i64) {
-        if after <= before || h.limit <= 0 {
+    fn alert_crossings(&self, h: &Held, before: i64, after: i64, now: i64) {
+        let limit = h.charge.limit;
+        if after <= before || limit <= 0 {
             return;
         }
         let tx = lock(&self.alerts).clone();
         let Some(tx) = tx else { return };
         for &t in &self.settings.alert_thresholds {
-            let mark = i128::from(h.limit) * i128::from(t) / 100;
+            let mark = i128::from(limit) * i128::from(t) / 100;
             if !(i128::from(before) < mark && i128::from(after) >= mark) {
                 continue;
             }
@@ -566,18 +563,16 @@ impl Governance {
             {
                 continue;
             }
-            let level = key.levels.iter().chain(key.providers.values()).find(|l| {
-                l.kind == h.level && h.charge.counter.starts_with(&format!("{}|", l.scope))
-            });
-            let Some(level) = level else { continue };
-            let (period, start) = parse_budget_counter(&h.charge.counter);
+            let Some((period, start)) = h.window else {
+                continue;
+            };
             let _ = tx.send(Alert {
-                level: level.kind.as_str(),
-                id: level.id.clone(),
-                period,
+                level: h.level.as_str(),
+                id: h.id.clone(),
+                period: period.as_str(),
                 threshold_percent: t,
                 used_usd: Usd(after).to_string(),
-                budget_usd: Usd(h.limit).to_string(),
+                budget_usd: Usd(limit).to_string(),
                 window_start: format_utc(start),
                 window_end: format_utc(h.charge.expires_ms),
             });
@@ -602,36 +597,16 @@ pub fn budget_counter(l: &Level, b: &keys::Budget, now: i64) -> (String, i64) {
     )
 }
 
-/// The period name and window start in a budget counter's name.
-fn parse_budget_counter(name: &str) -> (&'static str, i64) {
-    let mut parts = name.rsplitn(3, '|');
-    let start = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let period = parts.next().unwrap_or("").trim_end_matches('~');
-    let period = [
-        period::Period::Minute,
-        period::Period::Hour,
-        period::Period::Day,
-        period::Period::Week,
-        period::Period::Month,
-        period::Period::Quarter,
-        period::Period::Year,
-    ]
-    .into_iter()
-    .find(|p| p.as_str() == period)
-    .map_or("", |p| p.as_str());
-    (period, start)
-}
-
 fn code(level: LevelKind, what: &str) -> String {
     format!("{}_{what}", level.as_str())
 }
 
 /// The refusal for the charge that did not pass, with `retry-after` where waiting helps.
-fn refusal(h: &Held, id: &str, seen: i64, now: i64) -> Refusal {
-    let level = h.level.as_str();
+fn refusal(h: &Held, seen: i64, now: i64) -> Refusal {
+    let (level, id) = (h.level.as_str(), &h.id);
     let c = &h.charge;
     let retry_secs = ((c.expires_ms - now).max(0) + 999) / 1000;
-    let window = period_of(&c.counter);
+    let window = h.window.map_or("", |(p, _)| p.as_str());
     let (status, kind, what, message) = match h.kind {
         Kind::Budget => (
             402,
@@ -694,14 +669,6 @@ fn refusal(h: &Held, id: &str, seen: i64, now: i64) -> Refusal {
         error: ApiError::new(status, kind, code(h.level, what), message),
         headers,
     }
-}
-
-/// The period word in a counter's name (`team:a|req|minute|…` → `minute`).
-fn period_of(counter: &str) -> &str {
-    counter
-        .rsplit('|')
-        .nth(1)
-        .map_or("", |p| p.trim_end_matches('~'))
 }
 
 /// `x-ratelimit-*` for requests and tokens: the tightest limit of each.

@@ -1,7 +1,7 @@
 //! Building governance from `gateway.yaml` at start, and stopping it without losing spend.
 
 use super::admin::{Admin, Fixed};
-use super::keys::hash_key;
+use super::keys::{env_secret, hash_key};
 use super::period::SystemClock;
 use super::persist::{Db, Flusher};
 use super::prices::PriceTable;
@@ -13,15 +13,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn env_secret(s: &str) -> Result<String, String> {
-    match s.strip_prefix("env:") {
-        Some(var) => {
-            std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))
-        }
-        None => Ok(s.to_string()),
-    }
-}
 
 /// What `tollgate check` can find without starting anything; `providers` are the names
 /// `gateway.yaml` defines.

@@ -4,7 +4,6 @@
 use super::Live;
 use crate::api::{ClientRequest, Endpoint};
 use crate::config::RetryPolicy;
-use crate::governance::prices::Tokens;
 use crate::governance::{Actual, Admission, Governance};
 use crate::providers::anthropic::{self, StreamTranslator};
 use crate::providers::health::now_ms;
@@ -391,12 +390,7 @@ impl Exchange {
             Actual {
                 provider: o.provider.clone(),
                 model: o.upstream_model.clone(),
-                tokens: Tokens {
-                    prompt: u.prompt_tokens,
-                    completion: u.completion_tokens,
-                    cached: u.cached_tokens,
-                    cache_write: u.cache_write_tokens,
-                },
+                tokens: u.tokens(),
             }
         };
         gov.settle(admission, actual);

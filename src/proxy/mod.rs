@@ -155,12 +155,7 @@ fn finish(ctx: &mut Ctx, r: &mut Record) {
     let Some(acc) = ctx.accounts.take() else {
         return;
     };
-    let tokens = Tokens {
-        prompt: r.usage.prompt_tokens,
-        completion: r.usage.completion_tokens,
-        cached: r.usage.cached_tokens,
-        cache_write: r.usage.cache_write_tokens,
-    };
+    let tokens = r.usage.tokens();
     let used = tokens != Tokens::default();
     let cost = match &r.upstream_model {
         Some(m) if used => acc.prices.lookup(m).map(|p| p.cost(&tokens)),
@@ -494,8 +489,8 @@ impl Gateway {
             };
             let provider = &live.providers[t.provider].name;
             match gov.admit(key, provider, &t.model, &est).await {
-                Ok(a) => {
-                    rate_headers = a.headers.clone();
+                Ok(mut a) => {
+                    rate_headers = std::mem::take(&mut a.headers);
                     admission = Some((Arc::clone(gov), a));
                 }
                 Err(r) => {

@@ -104,6 +104,16 @@ impl Usage {
         Some(usage)
     }
 
+    /// The counts prices are applied to.
+    pub fn tokens(&self) -> crate::governance::prices::Tokens {
+        crate::governance::prices::Tokens {
+            prompt: self.prompt_tokens,
+            completion: self.completion_tokens,
+            cached: self.cached_tokens,
+            cache_write: self.cache_write_tokens,
+        }
+    }
+
     /// From a translator's (prompt, completion, cached) counts.
     pub fn from_counts(
         (prompt_tokens, completion_tokens, cached_tokens): (u64, u64, u64),
