@@ -5,6 +5,7 @@
 //! each upstream dialect; `telemetry` records usage and writes the access log.
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod governance;

@@ -49,6 +49,22 @@ pub fn load(path: &Path, lookup: bool) -> Result<Live, Vec<ConfigError>> {
     if !errors.is_empty() {
         return Err(errors);
     }
+    if let Some(c) = &gateway.cache {
+        let names: Vec<&str> = gateway.providers.iter().map(|p| p.name.as_str()).collect();
+        errors.extend(
+            crate::cache::Cache::check(c, &gateway.dir, &names)
+                .into_iter()
+                .map(|message| ConfigError {
+                    file: path.to_path_buf(),
+                    path: "cache".into(),
+                    line: None,
+                    message,
+                }),
+        );
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+    }
     if let Some(g) = &gateway.governance {
         errors.extend(
             crate::governance::setup::check(
@@ -247,8 +263,12 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> Result<(), String>
     let (access_log, log_thread) = AccessLog::start(gw.access_log.as_deref())
         .map_err(|e| format!("cannot open the access log: {e}"))?;
     let metrics = Arc::new(Metrics::default());
+    let cache = match &gw.cache {
+        Some(spec) => Some(crate::cache::Cache::start(spec, &gw.dir)?),
+        None => None,
+    };
     let governance = match &gw.governance {
-        Some(spec) => Some(setup::start(spec, &gw.dir, metrics.clone())?),
+        Some(spec) => Some(setup::start(spec, &gw.dir, metrics.clone(), cache.clone())?),
         None => None,
     };
     if let Some(addr) = governance.as_ref().and_then(|g| g.admin_addr) {
@@ -285,6 +305,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>) -> Result<(), String>
         log: access_log.clone(),
         drain: drain.clone(),
         accounts,
+        cache,
     };
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, gateway);
     proxy.add_tcp(&addr.to_string());

@@ -210,6 +210,7 @@ struct Top {
     providers: IndexMap<String, Value>,
     models: Vec<Value>,
     governance: Option<GovernanceSpec>,
+    cache: Option<crate::cache::CacheSpec>,
 }
 
 impl Top {
@@ -236,6 +237,7 @@ impl Top {
                 "access_log" => top.access_log = r.de(key, v),
                 "threads" => top.threads = r.de(key, v),
                 "governance" => top.governance = r.de(key, v),
+                "cache" => top.cache = r.de(key, v),
                 "providers" => {
                     has_providers = true;
                     top.providers = r.de(key, v).unwrap_or_default();
@@ -377,6 +379,8 @@ pub struct GatewayConfig {
     pub models: Vec<ModelSpec>,
     /// Virtual keys, budgets and limits; `None` runs with no governance.
     pub governance: Option<GovernanceSpec>,
+    /// The response cache; `None` caches nothing.
+    pub cache: Option<crate::cache::CacheSpec>,
     /// The directory relative paths in the file are read from.
     pub dir: PathBuf,
 }
@@ -639,6 +643,7 @@ impl GatewayConfig {
             providers,
             models,
             governance: top.governance,
+            cache: top.cache,
             dir: dir.to_path_buf(),
         })
     }

@@ -34,6 +34,8 @@ pub struct Admin {
     pub key: Option<[u8; 32]>,
     /// Renders `/metrics`.
     pub metrics: Box<dyn Fn() -> String + Send + Sync>,
+    /// The response cache, cleared by namespace or entry.
+    pub cache: Option<Arc<crate::cache::Cache>>,
     /// One change at a time.
     writing: Mutex<()>,
 }
@@ -102,8 +104,10 @@ impl Admin {
         db: Option<Arc<Db>>,
         key: Option<[u8; 32]>,
         metrics: Box<dyn Fn() -> String + Send + Sync>,
+        cache: Option<Arc<crate::cache::Cache>>,
     ) -> Admin {
         Admin {
+            cache,
             gov,
             fixed,
             db,
@@ -254,6 +258,29 @@ impl Admin {
                     .map(|(id, p)| (id.to_string(), serde_json::to_value(p).unwrap_or_default()))
                     .collect();
                 answer(200, json!({ "prices": prices }))
+            }
+            (Method::DELETE, ["admin", "cache", rest @ ..]) => {
+                let Some(cache) = &self.cache else {
+                    return error(404, "cache_disabled", "No `cache` section in gateway.yaml.");
+                };
+                match rest {
+                    [] => match cache.clear(None).await {
+                        Ok(n) => answer(200, json!({"cleared": n})),
+                        Err(e) => error(500, "store_error", e),
+                    },
+                    ["namespaces", ns] if crate::cache::valid_namespace(ns) => {
+                        match cache.clear(Some(ns)).await {
+                            Ok(n) => answer(200, json!({"cleared": n, "namespace": ns})),
+                            Err(e) => error(500, "store_error", e),
+                        }
+                    }
+                    ["entries", id] => match cache.remove(id).await {
+                        Ok(true) => answer(200, json!({"deleted": id})),
+                        Ok(false) => error(404, "not_found", format!("No cache entry `{id}`.")),
+                        Err(e) => error(400, "invalid_entry", e),
+                    },
+                    _ => error(404, "not_found", format!("Unknown path {path}.")),
+                }
             }
             (Method::GET, ["admin", "usage"]) => {
                 answer(200, json!({ "usage": self.usage(None).await }))

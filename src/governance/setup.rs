@@ -65,7 +65,12 @@ pub struct Running {
     flusher: Option<Flusher>,
 }
 
-pub fn start(spec: &GovernanceSpec, dir: &Path, metrics: Arc<Metrics>) -> Result<Running, String> {
+pub fn start(
+    spec: &GovernanceSpec,
+    dir: &Path,
+    metrics: Arc<Metrics>,
+    cache: Option<Arc<crate::cache::Cache>>,
+) -> Result<Running, String> {
     let prices = PriceTable::embedded()
         .with_overrides(&spec.prices)
         .map_err(|e| format!("governance.prices: {e}"))?;
@@ -110,6 +115,7 @@ pub fn start(spec: &GovernanceSpec, dir: &Path, metrics: Arc<Metrics>) -> Result
         db.clone(),
         admin_key,
         Box::new(move || metrics_for_admin.render()),
+        cache,
     ));
     let directory = admin.build(None).map_err(|e| e.join("\n"))?;
     gov.directory.store(Arc::new(directory));

@@ -105,6 +105,8 @@ pub struct Exchange {
     /// Governance's reservation for this request, settled when the answer ends (before its
     /// last bytes reach the client) or when the exchange is dropped.
     pub admission: Option<(Arc<Governance>, Admission)>,
+    /// Stores the answer in the cache once it is complete (a cache miss).
+    pub fill: Option<crate::cache::Fill>,
     /// The provider accepted the request (its answer began with a success status).
     pub answered_ok: bool,
     /// Characters of generated text streamed so far: what a stream cut before its usage
@@ -160,6 +162,7 @@ impl Exchange {
             upstream: Endpoint::Chat,
             headers: Vec::new(),
             admission: None,
+            fill: None,
             answered_ok: false,
             generated: 0,
             started,

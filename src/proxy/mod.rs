@@ -15,10 +15,12 @@
 mod exchange;
 
 use crate::api::{ClientRequest, Endpoint};
+use crate::cache::key::Scope;
+use crate::cache::{Cache, EmbedUse, Hit, Layer, Lookup, Mode};
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
 use crate::governance::keys::KeyEntry;
-use crate::governance::prices::{PriceTable, Tokens};
+use crate::governance::prices::{PriceTable, Tokens, Usd};
 use crate::governance::{Estimate, Governance};
 use crate::providers::anthropic::{ChatStreamToMessages, MessagesStreamToChat};
 use crate::providers::{anthropic, Provider};
@@ -53,6 +55,7 @@ pub struct Gateway {
     pub log: AccessLog,
     pub drain: Arc<Drain>,
     pub accounts: Arc<Accounts>,
+    pub cache: Option<Arc<Cache>>,
 }
 
 /// What prices, governs and counts requests.
@@ -137,6 +140,17 @@ pub struct Ctx {
     key: Option<Arc<KeyEntry>>,
     /// Headers for a refusal (`retry-after`, `x-ratelimit-*`).
     refusal_headers: Vec<(String, String)>,
+    /// What the cache did, when it was asked.
+    cache: Option<CacheNote>,
+}
+
+/// The cache's part in a request, for its log line and metrics.
+struct CacheNote {
+    /// The answer's entry, on a hit.
+    hit: Option<Hit>,
+    /// The model the cache key was made with (the route's), for the miss metric.
+    model: String,
+    embedding: Option<EmbedUse>,
 }
 
 impl Drop for Ctx {
@@ -157,10 +171,26 @@ fn finish(ctx: &mut Ctx, r: &mut Record) {
     };
     let tokens = r.usage.tokens();
     let used = tokens != Tokens::default();
-    let cost = match &r.upstream_model {
+    let mut cost = match &r.upstream_model {
         Some(m) if used => acc.prices.lookup(m).map(|p| p.cost(&tokens)),
         _ => None,
     };
+    // A hit costs nothing upstream; an embedding call costs what it used.
+    let note = ctx.cache.take();
+    if let Some(hit) = note.as_ref().and_then(|n| n.hit.as_ref()) {
+        cost = Some(Usd(0));
+        r.provider = Some(hit.entry.provider.clone());
+        r.upstream_model = Some(hit.entry.model.clone());
+    }
+    if let Some(e) = note.as_ref().and_then(|n| n.embedding.as_ref()) {
+        let t = Tokens {
+            prompt: e.tokens,
+            ..Tokens::default()
+        };
+        if let Some(c) = acc.prices.lookup(&e.model).map(|p| p.cost(&t)) {
+            cost = Some(Usd(cost.map_or(0, |x| x.0).saturating_add(c.0)));
+        }
+    }
     r.cost_usd = cost.map(|c| c.to_string());
     r.unpriced = used && cost.is_none();
     if r.unpriced {
@@ -173,6 +203,31 @@ fn finish(ctx: &mut Ctx, r: &mut Record) {
     if let Some(k) = &ctx.key {
         r.key = Some(k.id.clone());
         r.team = k.team.clone();
+    }
+    if let Some(note) = &note {
+        let key = r.key.as_deref().unwrap_or("");
+        match &note.hit {
+            Some(hit) => {
+                let e = &hit.entry;
+                let saved = acc
+                    .prices
+                    .lookup(&e.model)
+                    .map(|p| p.cost(&e.usage.tokens()));
+                r.cache = Some(match hit.layer {
+                    Layer::Exact => "hit-exact",
+                    Layer::Semantic => "hit-semantic",
+                });
+                r.cache_similarity = hit.similarity;
+                r.cache_saved_usd = saved.map(|s| s.to_string());
+                acc.metrics
+                    .cache_hit(hit.layer.name(), &e.model, key, saved);
+            }
+            None => {
+                r.cache = Some("miss");
+                let model = r.upstream_model.as_deref().unwrap_or(&note.model);
+                acc.metrics.cache_miss(model, key);
+            }
+        }
     }
     // Local endpoints (/health, /metrics) are not API traffic.
     let api = r.path.starts_with("/v1/");
@@ -468,6 +523,45 @@ impl Gateway {
                 return Ok(Err(self.refused(ctx, e)));
             }
         }
+        let mut fill = None;
+        if let Some(cache) = &self.cache {
+            let ctl = match cache.control(&session.req_header().headers) {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            };
+            if ctl.mode != Mode::Off && !plan.is_empty() {
+                let partition = cache.partition(ctx.key.as_deref());
+                // Aliases of one catalog model share entries; a rule's depend on the name asked.
+                let model = match &route.rule {
+                    Some(rule) => format!("rule:{rule}:{}", request.model),
+                    None => route.targets[plan[0]].id.clone(),
+                };
+                let scope = Scope {
+                    partition: &partition,
+                    namespace: &ctl.namespace,
+                    endpoint,
+                    model: &model,
+                };
+                let body = request.body().clone();
+                let found = cache
+                    .lookup(&ctl, &scope, &body, request.stream, &live.providers)
+                    .await;
+                match found {
+                    Lookup::Hit(hit) => {
+                        return self.serve_hit(session, ctx, &request, hit, model).await;
+                    }
+                    Lookup::Miss(f, embedding) => {
+                        fill = f;
+                        ctx.cache = Some(CacheNote {
+                            hit: None,
+                            model,
+                            embedding,
+                        });
+                    }
+                    Lookup::Skip => {}
+                }
+            }
+        }
         let mut rate_headers = Vec::new();
         let mut admission = None;
         if let (Some((gov, key)), Some(&first)) = (&gov, plan.first()) {
@@ -521,6 +615,12 @@ impl Gateway {
             started,
         );
         exchange.headers = rate_headers;
+        if ctx.cache.is_some() {
+            exchange
+                .headers
+                .push(("x-tollgate-cache".into(), "miss".into()));
+        }
+        exchange.fill = fill;
         exchange.admission = admission;
         ctx.outcome = Some(exchange.outcome.clone());
         // A whole answer translated from the other dialect is held until it is complete, so that
@@ -532,6 +632,55 @@ impl Gateway {
         }
         ctx.exchange = Some(Box::new(exchange));
         Ok(Ok(Next::Proxy))
+    }
+
+    /// Answers from a cache entry, in the form the client asked for.
+    async fn serve_hit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        request: &ClientRequest,
+        hit: Hit,
+        model: String,
+    ) -> Result<std::result::Result<Next, ApiError>> {
+        let Some(body) = crate::cache::entry::replay(
+            &hit.entry,
+            request.endpoint,
+            request.stream,
+            request.wants_usage,
+        ) else {
+            return Ok(Err(ApiError::new(
+                500,
+                "server_error",
+                "cache_entry_unreadable",
+                "A cache entry could not be replayed.",
+            )));
+        };
+        let status = match hit.layer {
+            Layer::Exact => "hit-exact",
+            Layer::Semantic => "hit-semantic",
+        };
+        let similarity = hit.similarity.map(|s| format!("{s:.4}"));
+        let id = format!("{:032x}", hit.key);
+        let mut extra = vec![
+            ("x-tollgate-cache", status),
+            ("x-tollgate-cache-key", id.as_str()),
+            ("x-tollgate-provider", hit.entry.provider.as_str()),
+        ];
+        if let Some(s) = &similarity {
+            extra.push(("x-tollgate-cache-similarity", s));
+        }
+        if request.stream {
+            extra.push(("content-type", "text/event-stream"));
+            extra.push(("cache-control", "no-cache"));
+        }
+        respond(session, &ctx.request_id, 200, Bytes::from(body), &extra).await?;
+        ctx.cache = Some(CacheNote {
+            embedding: hit.embedding.clone(),
+            hit: Some(hit),
+            model,
+        });
+        Ok(Ok(Next::Done))
     }
 
     /// Counts a refusal in the metrics and passes it on.
@@ -1147,6 +1296,20 @@ impl ProxyHttp for Gateway {
             }
             _ => ResponseBody::Pass,
         };
+        let storable = status == 200
+            && match &ex.mode {
+                ResponseBody::Json(_) | ResponseBody::Sse(_) | ResponseBody::Translated(_) => true,
+                ResponseBody::Translate(_, how) => {
+                    matches!(
+                        how,
+                        Translation::MessagesToChat | Translation::ChatToMessages
+                    )
+                }
+                ResponseBody::Pass => false,
+            };
+        if !storable {
+            ex.fill = None;
+        }
         if !matches!(ex.mode, ResponseBody::Json(_) | ResponseBody::Pass) {
             // The body changes length: frame it by chunks.
             resp.remove_header(&header::CONTENT_LENGTH);
@@ -1329,7 +1492,19 @@ impl ProxyHttp for Gateway {
         if usage.is_some() {
             ex.outcome().usage = usage;
         }
+        if let (Some(fill), Some(b)) = (ex.fill.as_mut(), body.as_ref()) {
+            fill.capture(b);
+        }
         if end {
+            if let Some(fill) = ex.fill.take() {
+                // Only an answer that completed without error is stored.
+                let o = ex.outcome();
+                if ex.answered_ok && o.error.is_none() && o.status.is_none() {
+                    let provider = o.provider.clone().unwrap_or_default();
+                    let model = o.upstream_model.clone().unwrap_or_default();
+                    fill.store(o.usage.unwrap_or_default(), &provider, &model);
+                }
+            }
             ex.settle();
         }
         Ok(None)

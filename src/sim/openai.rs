@@ -571,7 +571,7 @@ impl Endpoint for EmbeddingRequest {
             .iter()
             .enumerate()
             .map(|(index, (key, _))| {
-                let v = unit_vector(key, dims);
+                let v = words_vector(key, dims).unwrap_or_else(|| unit_vector(key, dims));
                 Embedding {
                     object: "embedding",
                     index,
@@ -593,6 +593,32 @@ impl Endpoint for EmbeddingRequest {
             },
         })
     }
+}
+
+/// A bag-of-words unit vector for text: texts with the same words (in any order, case or
+/// punctuation) get the same vector, and sharing words makes vectors similar. `None` for text
+/// without words.
+fn words_vector(text: &[u8], dims: usize) -> Option<Vec<f32>> {
+    let mut v = vec![0f32; dims];
+    let mut any = false;
+    for word in text
+        .split(|b| !b.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let h = fnv(&word.to_ascii_lowercase());
+        for j in 0..4 {
+            let bits = h >> (j * 16);
+            let sign = if bits & 0x8000 == 0 { 1.0 } else { -1.0 };
+            v[(bits & 0x7fff) as usize % dims] += sign;
+        }
+        any = true;
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if !any || norm == 0.0 {
+        return None;
+    }
+    v.iter_mut().for_each(|x| *x /= norm);
+    Some(v)
 }
 
 /// A deterministic unit vector for `key`.

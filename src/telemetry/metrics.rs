@@ -17,6 +17,10 @@ pub struct Metrics {
     unpriced: IntCounterVec,
     /// Spend in exact nano-USD by (provider, model, key, team); shown as decimal USD.
     cost: Mutex<BTreeMap<[String; 4], i64>>,
+    cache_hits: IntCounterVec,
+    cache_misses: IntCounterVec,
+    /// What cache hits saved, in nano-USD by (layer, model, key).
+    cache_saved: Mutex<BTreeMap<[String; 3], i64>>,
 }
 
 /// What one finished request adds.
@@ -76,6 +80,18 @@ impl Default for Metrics {
             "Requests whose model has no price, so their cost is unknown.",
             &["provider", "model"],
         );
+        let cache_hits = counter(
+            &registry,
+            "tollgate_cache_hits_total",
+            "Requests answered from the cache, by layer (exact or semantic), model and key.",
+            &["layer", "model", "key"],
+        );
+        let cache_misses = counter(
+            &registry,
+            "tollgate_cache_misses_total",
+            "Requests the cache was asked for and could not answer, by model and key.",
+            &["model", "key"],
+        );
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "tollgate_request_duration_seconds",
@@ -108,6 +124,9 @@ impl Default for Metrics {
             refusals,
             unpriced,
             cost: Mutex::new(BTreeMap::new()),
+            cache_hits,
+            cache_misses,
+            cache_saved: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -147,6 +166,22 @@ impl Metrics {
         }
     }
 
+    /// A cache hit; `saved` is what the answer cost when it was made (`None`: unpriced).
+    pub fn cache_hit(&self, layer: &str, model: &str, key: &str, saved: Option<Usd>) {
+        self.cache_hits
+            .with_label_values(&[layer, model, key])
+            .inc();
+        let mut all = self.cache_saved.lock().unwrap_or_else(|e| e.into_inner());
+        let v = all
+            .entry([layer.to_string(), model.to_string(), key.to_string()])
+            .or_default();
+        *v = v.saturating_add(saved.map_or(0, |s| s.0));
+    }
+
+    pub fn cache_miss(&self, model: &str, key: &str) {
+        self.cache_misses.with_label_values(&[model, key]).inc();
+    }
+
     pub fn refused(&self, reason: &str, level: &str, key: &str, team: &str) {
         self.refusals
             .with_label_values(&[reason, level, key, team])
@@ -173,6 +208,21 @@ impl Metrics {
                 escape(model),
                 escape(key),
                 escape(team),
+                Usd(*v)
+            ));
+        }
+        drop(cost);
+        out.push_str(
+            "# HELP tollgate_cache_saved_usd_total Upstream cost that cache hits saved, in USD.\n",
+        );
+        out.push_str("# TYPE tollgate_cache_saved_usd_total counter\n");
+        let saved = self.cache_saved.lock().unwrap_or_else(|e| e.into_inner());
+        for ([layer, model, key], v) in saved.iter() {
+            out.push_str(&format!(
+                "tollgate_cache_saved_usd_total{{layer=\"{}\",model=\"{}\",key=\"{}\"}} {}\n",
+                escape(layer),
+                escape(model),
+                escape(key),
                 Usd(*v)
             ));
         }
@@ -222,6 +272,21 @@ mod tests {
         assert!(text.contains("tollgate_requests_total{key=\"bot\",model=\"gpt-4o\",provider=\"openai\",status=\"200\",team=\"search\"} 3"), "{text}");
         assert!(
             text.contains("tollgate_tokens_total{key=\"bot\",kind=\"output\""),
+            "{text}"
+        );
+        m.cache_hit("exact", "gpt-4o", "bot", Some(Usd(1_500)));
+        m.cache_hit("exact", "gpt-4o", "bot", Some(Usd(1_500)));
+        m.cache_miss("gpt-4o", "bot");
+        let text = m.render();
+        assert!(text.contains("tollgate_cache_saved_usd_total{layer=\"exact\",model=\"gpt-4o\",key=\"bot\"} 0.000003\n"), "{text}");
+        assert!(
+            text.contains(
+                "tollgate_cache_hits_total{key=\"bot\",layer=\"exact\",model=\"gpt-4o\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("tollgate_cache_misses_total{key=\"bot\",model=\"gpt-4o\"} 1"),
             "{text}"
         );
     }

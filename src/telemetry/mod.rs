@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Every input token, cached and cache writes included.
     pub prompt_tokens: u64,
@@ -17,7 +17,7 @@ pub struct Usage {
     /// Input tokens read from the provider's prompt cache.
     pub cached_tokens: u64,
     /// Input tokens written to the provider's prompt cache (Anthropic).
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub cache_write_tokens: u64,
 }
 
@@ -252,6 +252,14 @@ pub struct Record {
     /// Tokens were used on a model with no price: the cost is unknown, not zero.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub unpriced: bool,
+    /// `hit-exact`, `hit-semantic` or `miss`; absent when the cache was not asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_similarity: Option<f32>,
+    /// What a hit would have cost upstream, in USD.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_saved_usd: Option<String>,
     pub error: Option<String>,
 }
 

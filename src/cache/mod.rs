@@ -1,0 +1,760 @@
+//! The response cache, consulted in `request_filter` once a request is routed and allowed.
+//!
+//! The exact layer hashes the normalized request ([`key`]) and answers from [`store`]. On an
+//! exact miss the semantic layer embeds the last user turn ([`embed`]) and searches the
+//! [`index`] within the request's scope; a cosine at or above the threshold is a hit. A miss
+//! carries a [`Fill`] with the exchange, which stores the answer once it has completed without
+//! error ([`entry`] assembles streamed answers and replays entries in either form).
+
+pub mod embed;
+pub mod entry;
+pub mod index;
+pub mod key;
+pub mod store;
+
+use crate::api::Endpoint;
+use crate::error::ApiError;
+use crate::providers::Provider;
+use crate::telemetry::Usage;
+use embed::Embed;
+use entry::Entry;
+use http::HeaderMap;
+use index::Index;
+use key::{Keys, Scope};
+use serde::Deserialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use store::Store;
+
+/// `cache:` in `gateway.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSpec {
+    /// What a request gets when it does not say: `off`, `exact` or `semantic`.
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    /// `memory` (this process) or `redis` (shared by replicas).
+    #[serde(default)]
+    pub store: StoreKind,
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// Memory store bound, counting answer bytes.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_ttl")]
+    pub ttl_secs: u64,
+    /// The longest TTL a request may ask for.
+    #[serde(default = "default_max_ttl")]
+    pub max_ttl_secs: u64,
+    /// Who may share entries: `team` (the key's team, else the key), `key`, `customer` or
+    /// `global`.
+    #[serde(default)]
+    pub partition: Partition,
+    /// Larger answers are not cached.
+    #[serde(default = "default_max_entry_bytes")]
+    pub max_entry_bytes: usize,
+    #[serde(default)]
+    pub semantic: Option<SemanticSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticSpec {
+    pub embedder: EmbedderSpec,
+    /// Cosine similarity at or above which a stored question counts as the same.
+    #[serde(default = "default_threshold")]
+    pub threshold: f32,
+    /// Vectors kept across all scopes.
+    #[serde(default = "default_max_vectors")]
+    pub max_entries: usize,
+    /// A scope is searched flat below this many entries and through HNSW from it.
+    #[serde(default = "default_hnsw_from")]
+    pub hnsw_from: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum EmbedderSpec {
+    /// A model2vec-style static model (directory relative to the config file).
+    Static { path: String },
+    /// all-MiniLM-L6-v2 through candle.
+    Minilm { path: String },
+    /// `/embeddings` of one of the gateway's providers.
+    Remote {
+        provider: String,
+        model: String,
+        dims: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Off,
+    Exact,
+    Semantic,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Partition {
+    #[default]
+    Team,
+    Key,
+    Customer,
+    Global,
+}
+
+fn default_mode() -> Mode {
+    Mode::Exact
+}
+fn default_max_bytes() -> u64 {
+    256 << 20
+}
+fn default_ttl() -> u64 {
+    3600
+}
+fn default_max_ttl() -> u64 {
+    7 * 24 * 3600
+}
+fn default_max_entry_bytes() -> usize {
+    4 << 20
+}
+fn default_threshold() -> f32 {
+    DEFAULT_THRESHOLD
+}
+fn default_max_vectors() -> usize {
+    1_000_000
+}
+fn default_hnsw_from() -> usize {
+    4096
+}
+
+/// The default similarity threshold, chosen from `scripts/cache_eval.sh` (README has the table).
+pub const DEFAULT_THRESHOLD: f32 = 0.95;
+/// Candidates fetched from the index per lookup; a removed entry is skipped for the next one.
+const CANDIDATES: usize = 4;
+/// How often expired vectors leave the index.
+const EXPIRE_EVERY: Duration = Duration::from_secs(30);
+
+/// Milliseconds since the Unix epoch (entries outlive processes in Redis).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub enum Embedder {
+    /// Fast enough to run on the request path (static models take microseconds).
+    Inline(Arc<dyn Embed>),
+    /// Milliseconds of CPU: runs on a blocking thread.
+    Blocking(Arc<dyn Embed>),
+    Remote {
+        provider: String,
+        model: String,
+    },
+}
+
+struct Semantic {
+    embedder: Embedder,
+    index: Arc<Index>,
+    threshold: f32,
+}
+
+pub struct Cache {
+    mode: Mode,
+    ttl: Duration,
+    max_ttl: Duration,
+    partition: Partition,
+    max_entry_bytes: usize,
+    store: Arc<dyn Store>,
+    semantic: Option<Semantic>,
+}
+
+/// What a request asked of the cache, from its headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Control {
+    pub mode: Mode,
+    pub ttl: Duration,
+    /// Only entries younger than this serve (the request's TTL, when it gave one).
+    pub max_age: Option<Duration>,
+    pub threshold: Option<f32>,
+    pub no_store: bool,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    Exact,
+    Semantic,
+}
+
+impl Layer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::Exact => "exact",
+            Layer::Semantic => "semantic",
+        }
+    }
+}
+
+/// Tokens an embedding call used, to be priced with the request.
+#[derive(Debug, Clone)]
+pub struct EmbedUse {
+    pub model: String,
+    pub tokens: u64,
+}
+
+pub struct Hit {
+    pub entry: Arc<Entry>,
+    pub layer: Layer,
+    pub similarity: Option<f32>,
+    pub key: u128,
+    pub embedding: Option<EmbedUse>,
+}
+
+/// A miss: how to store the answer once it is complete.
+pub struct Fill {
+    cache: Arc<Cache>,
+    keys: Keys,
+    vector: Option<Vec<f32>>,
+    ttl: Duration,
+    namespace: String,
+    endpoint: Endpoint,
+    stream: bool,
+    captured: Vec<u8>,
+    pub embedding: Option<EmbedUse>,
+    /// `false` once the answer outgrew the entry bound.
+    fits: bool,
+}
+
+pub enum Lookup {
+    Hit(Hit),
+    /// A miss; `None` when the answer must not be stored (`no-store`).
+    Miss(Option<Fill>, Option<EmbedUse>),
+    /// Not cacheable (not a JSON object).
+    Skip,
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+}
+
+fn bad_header(name: &str, why: &str) -> ApiError {
+    ApiError::bad_request("invalid_cache_header", format!("Header {name}: {why}."))
+}
+
+impl Cache {
+    /// Builds the cache; `dir` is the config file's directory.
+    pub fn start(spec: &CacheSpec, dir: &Path) -> Result<Arc<Cache>, String> {
+        let semantic = match &spec.semantic {
+            None => None,
+            Some(s) => {
+                let (embedder, dims): (Embedder, usize) = match &s.embedder {
+                    EmbedderSpec::Static { path } => {
+                        let m = embed::static_model::StaticModel::load(&dir.join(path))?;
+                        let dims = m.dims();
+                        (Embedder::Inline(Arc::new(m)), dims)
+                    }
+                    EmbedderSpec::Minilm { path } => {
+                        let m = embed::minilm::MiniLm::load(&dir.join(path))?;
+                        let dims = m.dims();
+                        (Embedder::Blocking(Arc::new(m)), dims)
+                    }
+                    EmbedderSpec::Remote {
+                        provider,
+                        model,
+                        dims,
+                    } => (
+                        Embedder::Remote {
+                            provider: provider.clone(),
+                            model: model.clone(),
+                        },
+                        *dims,
+                    ),
+                };
+                Some(Semantic {
+                    embedder,
+                    index: Arc::new(Index::new(dims, s.hnsw_from, s.max_entries)),
+                    threshold: s.threshold,
+                })
+            }
+        };
+        let index = semantic.as_ref().map(|s| s.index.clone());
+        let store: Arc<dyn Store> = match spec.store {
+            StoreKind::Memory => Arc::new(store::MemoryStore::new(spec.max_bytes, index.clone())),
+            StoreKind::Redis => {
+                let url = spec
+                    .redis_url
+                    .as_deref()
+                    .ok_or("cache.redis_url is required with store: redis")?;
+                Arc::new(store::redis_store::RedisStore::connect(url, index.clone())?)
+            }
+        };
+        if let Some(index) = index {
+            let weak = Arc::downgrade(&index);
+            std::thread::Builder::new()
+                .name("tollgate-cache-expiry".into())
+                .spawn(move || loop {
+                    std::thread::sleep(EXPIRE_EVERY);
+                    match weak.upgrade() {
+                        Some(index) => {
+                            index.expire(now_ms());
+                        }
+                        None => return,
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Arc::new(Cache {
+            mode: spec.mode,
+            ttl: Duration::from_secs(spec.ttl_secs),
+            max_ttl: Duration::from_secs(spec.max_ttl_secs),
+            partition: spec.partition,
+            max_entry_bytes: spec.max_entry_bytes,
+            store,
+            semantic,
+        }))
+    }
+
+    /// The configuration errors in `spec`, for `tollgate check`.
+    pub fn check(spec: &CacheSpec, dir: &Path, providers: &[&str]) -> Vec<String> {
+        let mut errors = Vec::new();
+        if spec.store == StoreKind::Redis {
+            match &spec.redis_url {
+                None => errors.push("cache.redis_url is required with store: redis".into()),
+                Some(url) => {
+                    if let Err(e) = redis::Client::open(url.as_str()) {
+                        errors.push(format!("cache.redis_url: {e}"));
+                    }
+                }
+            }
+        }
+        if spec.mode == Mode::Semantic && spec.semantic.is_none() {
+            errors.push("cache.mode is semantic but cache.semantic is not set".into());
+        }
+        if let Some(s) = &spec.semantic {
+            if !(s.threshold > 0.0 && s.threshold <= 1.0) {
+                errors.push(format!(
+                    "cache.semantic.threshold must be in (0, 1], not {}",
+                    s.threshold
+                ));
+            }
+            match &s.embedder {
+                EmbedderSpec::Static { path } | EmbedderSpec::Minilm { path } => {
+                    let p = dir.join(path);
+                    if !p.join("model.safetensors").is_file() || !p.join("tokenizer.json").is_file()
+                    {
+                        errors.push(format!(
+                            "cache.semantic.embedder.path: no model in {} (run scripts/fetch-models.sh)",
+                            p.display()
+                        ));
+                    }
+                }
+                EmbedderSpec::Remote { provider, dims, .. } => {
+                    if !providers.contains(&provider.as_str()) {
+                        errors.push(format!(
+                            "cache.semantic.embedder.provider: unknown provider `{provider}`"
+                        ));
+                    }
+                    if *dims == 0 {
+                        errors.push("cache.semantic.embedder.dims must be positive".into());
+                    }
+                }
+            }
+        }
+        errors
+    }
+
+    /// The request's cache settings from its headers.
+    pub fn control(&self, h: &HeaderMap) -> Result<Control, ApiError> {
+        let mut mode = match header(h, "x-tollgate-cache") {
+            None | Some("") => self.mode,
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "off" | "none" => Mode::Off,
+                "exact" => Mode::Exact,
+                "semantic" | "on" => Mode::Semantic,
+                _ => return Err(bad_header("x-tollgate-cache", "use off, exact or semantic")),
+            },
+        };
+        if mode == Mode::Semantic && self.semantic.is_none() {
+            mode = Mode::Exact;
+        }
+        let ttl_header = match header(h, "x-tollgate-cache-ttl") {
+            None => None,
+            Some(v) => match v.parse::<u64>() {
+                Ok(s) if s > 0 => Some(Duration::from_secs(s).min(self.max_ttl)),
+                _ => {
+                    return Err(bad_header(
+                        "x-tollgate-cache-ttl",
+                        "a positive number of seconds",
+                    ))
+                }
+            },
+        };
+        let threshold = match header(h, "x-tollgate-cache-threshold") {
+            None => None,
+            Some(v) => match v.parse::<f32>() {
+                Ok(t) if t > 0.0 && t <= 1.0 => Some(t),
+                _ => {
+                    return Err(bad_header(
+                        "x-tollgate-cache-threshold",
+                        "a number in (0, 1]",
+                    ))
+                }
+            },
+        };
+        let truthy = |v: Option<&str>| {
+            v.is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+        };
+        let no_store = truthy(header(h, "x-tollgate-cache-no-store"))
+            || header(h, "cache-control")
+                .is_some_and(|v| v.to_ascii_lowercase().contains("no-store"));
+        let namespace = match header(h, "x-tollgate-cache-namespace") {
+            None | Some("") => "default".to_string(),
+            Some(v) if valid_namespace(v) => v.to_string(),
+            Some(_) => {
+                return Err(bad_header(
+                    "x-tollgate-cache-namespace",
+                    "1 to 64 letters, digits, '.', '_' or '-'",
+                ))
+            }
+        };
+        Ok(Control {
+            mode,
+            ttl: ttl_header.unwrap_or(self.ttl),
+            max_age: ttl_header,
+            threshold,
+            no_store,
+            namespace,
+        })
+    }
+
+    /// The tenant partition of a request by `key` (`None` without governance).
+    pub fn partition(&self, key: Option<&crate::governance::keys::KeyEntry>) -> String {
+        let Some(k) = key else {
+            return "anonymous".into();
+        };
+        match self.partition {
+            Partition::Global => "global".into(),
+            Partition::Key => format!("key:{}", k.id),
+            Partition::Team => match &k.team {
+                Some(t) => format!("team:{t}"),
+                None => format!("key:{}", k.id),
+            },
+            Partition::Customer => match (&k.customer, &k.team) {
+                (Some(c), _) => format!("customer:{c}"),
+                (None, Some(t)) => format!("team:{t}"),
+                (None, None) => format!("key:{}", k.id),
+            },
+        }
+    }
+
+    /// Looks the request up: exact first, then, if asked, semantic. `providers` serves a remote
+    /// embedder.
+    pub async fn lookup(
+        self: &Arc<Self>,
+        ctl: &Control,
+        scope: &Scope<'_>,
+        body: &[u8],
+        stream: bool,
+        providers: &[Arc<Provider>],
+    ) -> Lookup {
+        // The semantic key is made whenever there is a semantic layer, so that answers stored by
+        // exact-mode requests can serve semantic ones later.
+        let Some(keys) = key::keys(scope, body, self.semantic.is_some()) else {
+            return Lookup::Skip;
+        };
+        let now = now_ms();
+        let fresh = |e: &Entry| {
+            ctl.max_age
+                .is_none_or(|age| e.created_ms + age.as_millis() as u64 > now)
+        };
+        if let Some(entry) = self
+            .store
+            .get(&ctl.namespace, keys.exact, now)
+            .await
+            .filter(|e| fresh(e))
+        {
+            return Lookup::Hit(Hit {
+                entry,
+                layer: Layer::Exact,
+                similarity: None,
+                key: keys.exact,
+                embedding: None,
+            });
+        }
+        let mut vector = None;
+        let mut embedding = None;
+        let semantic = ctl.mode == Mode::Semantic;
+        if let (Some(sem), Some(sk), true) = (&self.semantic, &keys.semantic, semantic) {
+            match self.embed(sem, &sk.text, providers).await {
+                Ok((v, used)) => {
+                    embedding = used;
+                    let threshold = ctl.threshold.unwrap_or(sem.threshold);
+                    for (key, cos) in sem.index.search(sk.scope, &v, CANDIDATES) {
+                        if cos < threshold {
+                            break;
+                        }
+                        match self.store.get(&ctl.namespace, key, now).await {
+                            Some(entry) if fresh(&entry) => {
+                                return Lookup::Hit(Hit {
+                                    entry,
+                                    layer: Layer::Semantic,
+                                    similarity: Some(cos),
+                                    key,
+                                    embedding,
+                                })
+                            }
+                            Some(_) => {}
+                            None => {
+                                sem.index.remove(sk.scope, key);
+                            }
+                        }
+                    }
+                    vector = Some(v);
+                }
+                Err(e) => log::warn!("cache: embedding failed, exact layer only: {e}"),
+            }
+        }
+        if ctl.no_store {
+            return Lookup::Miss(None, embedding);
+        }
+        Lookup::Miss(
+            Some(Fill {
+                cache: self.clone(),
+                keys,
+                vector,
+                ttl: ctl.ttl,
+                namespace: ctl.namespace.clone(),
+                endpoint: scope.endpoint,
+                stream,
+                captured: Vec::new(),
+                embedding: None,
+                fits: true,
+            }),
+            embedding,
+        )
+    }
+
+    async fn embed(
+        &self,
+        sem: &Semantic,
+        text: &str,
+        providers: &[Arc<Provider>],
+    ) -> Result<(Vec<f32>, Option<EmbedUse>), String> {
+        match &sem.embedder {
+            Embedder::Inline(m) => Ok((m.embed(text)?, None)),
+            Embedder::Blocking(m) => {
+                let (m, text) = (m.clone(), text.to_string());
+                let v = tokio::task::spawn_blocking(move || m.embed(&text))
+                    .await
+                    .map_err(|e| e.to_string())??;
+                Ok((v, None))
+            }
+            Embedder::Remote { provider, model } => {
+                let p = providers
+                    .iter()
+                    .find(|p| &p.name == provider)
+                    .ok_or_else(|| format!("no provider `{provider}`"))?;
+                let (v, tokens) =
+                    embed::remote::embed(p.clone(), model.clone(), text.to_string()).await?;
+                if v.len() != sem.index.dims() {
+                    return Err(format!(
+                        "{model} gave {} dimensions, not {}",
+                        v.len(),
+                        sem.index.dims()
+                    ));
+                }
+                Ok((
+                    v,
+                    Some(EmbedUse {
+                        model: model.clone(),
+                        tokens,
+                    }),
+                ))
+            }
+        }
+    }
+
+    /// Clears entries of `namespace`, or all; for the admin API.
+    pub async fn clear(&self, namespace: Option<&str>) -> Result<u64, String> {
+        self.store.clear(namespace).await
+    }
+
+    /// Removes one entry by its id (the `x-tollgate-cache-key` header); for the admin API.
+    pub async fn remove(&self, id: &str) -> Result<bool, String> {
+        let key = u128::from_str_radix(id, 16).map_err(|_| format!("`{id}` is not an entry id"))?;
+        self.store.remove(key).await
+    }
+}
+
+pub fn valid_namespace(v: &str) -> bool {
+    !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+impl Fill {
+    /// Keeps a piece of the answer as the client got it.
+    pub fn capture(&mut self, bytes: &[u8]) {
+        if !self.fits {
+            return;
+        }
+        if self.captured.len() + bytes.len() > self.cache.max_entry_bytes {
+            self.fits = false;
+            self.captured = Vec::new();
+            return;
+        }
+        self.captured.extend_from_slice(bytes);
+    }
+
+    /// Stores the completed answer, off the request path.
+    pub fn store(self, usage: Usage, provider: &str, model: &str) {
+        if !self.fits || self.captured.is_empty() {
+            return;
+        }
+        let Fill {
+            cache,
+            keys,
+            vector,
+            ttl,
+            namespace,
+            endpoint,
+            stream,
+            captured,
+            ..
+        } = self;
+        let (provider, model) = (provider.to_string(), model.to_string());
+        tokio::spawn(async move {
+            let body = if stream {
+                match entry::assemble(endpoint, &captured, &usage) {
+                    Some(b) => b,
+                    None => return,
+                }
+            } else {
+                match String::from_utf8(captured) {
+                    Ok(b) if serde_json::from_str::<serde::de::IgnoredAny>(&b).is_ok() => b,
+                    _ => return,
+                }
+            };
+            let now = now_ms();
+            let entry = Arc::new(Entry {
+                body,
+                provider,
+                model,
+                usage,
+                namespace,
+                created_ms: now,
+                expires_ms: now + ttl.as_millis() as u64,
+            });
+            // A local embedder gives exact-mode answers their vector too, here, after the
+            // answer; a remote one is only paid for by semantic requests.
+            let vector = match (
+                vector,
+                &keys.semantic,
+                cache.semantic.as_ref().map(|s| &s.embedder),
+            ) {
+                (Some(v), _, _) => Some(v),
+                (None, Some(sk), Some(Embedder::Inline(m) | Embedder::Blocking(m))) => {
+                    let (m, text) = (m.clone(), sk.text.clone());
+                    tokio::task::spawn_blocking(move || m.embed(&text))
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+                _ => None,
+            };
+            let vector = keys.semantic.map(|s| s.scope).zip(vector);
+            cache.store.put(keys.exact, entry, vector).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache() -> Arc<Cache> {
+        let spec: CacheSpec = serde_yaml::from_str("mode: exact\n").unwrap();
+        Cache::start(&spec, Path::new(".")).unwrap()
+    }
+
+    #[test]
+    fn headers_set_mode_ttl_threshold_no_store_and_namespace() {
+        let c = cache();
+        let mut h = HeaderMap::new();
+        let d = c.control(&h).unwrap();
+        assert_eq!(
+            (d.mode, d.ttl, d.no_store, d.namespace.as_str()),
+            (Mode::Exact, Duration::from_secs(3600), false, "default")
+        );
+        h.insert("x-tollgate-cache", "off".parse().unwrap());
+        h.insert("x-tollgate-cache-ttl", "60".parse().unwrap());
+        h.insert("x-tollgate-cache-threshold", "0.9".parse().unwrap());
+        h.insert("cache-control", "no-store".parse().unwrap());
+        h.insert("x-tollgate-cache-namespace", "team-a.v2".parse().unwrap());
+        let c2 = c.control(&h).unwrap();
+        assert_eq!(c2.mode, Mode::Off);
+        assert_eq!(c2.max_age, Some(Duration::from_secs(60)));
+        assert_eq!(c2.threshold, Some(0.9));
+        assert!(c2.no_store);
+        assert_eq!(c2.namespace, "team-a.v2");
+        h.insert("x-tollgate-cache", "semantic".parse().unwrap());
+        assert_eq!(
+            c.control(&h).unwrap().mode,
+            Mode::Exact,
+            "no semantic layer configured"
+        );
+        for (name, bad) in [
+            ("x-tollgate-cache", "maybe"),
+            ("x-tollgate-cache-ttl", "-1"),
+            ("x-tollgate-cache-threshold", "1.5"),
+            ("x-tollgate-cache-namespace", "a b"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, bad.parse().unwrap());
+            assert_eq!(c.control(&h).unwrap_err().status, 400, "{name}: {bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_answer_is_found_by_an_equal_request_only() {
+        let c = cache();
+        let ctl = c.control(&HeaderMap::new()).unwrap();
+        let scope = Scope {
+            partition: "p",
+            namespace: "default",
+            endpoint: Endpoint::Chat,
+            model: "m",
+        };
+        let body = br#"{"model":"x","messages":[{"role":"user","content":"hi"}]}"#;
+        let Lookup::Miss(Some(mut fill), _) = c.lookup(&ctl, &scope, body, false, &[]).await else {
+            panic!("expected a miss");
+        };
+        fill.capture(br#"{"id":"1","choices":[]}"#);
+        fill.store(Usage::default(), "sim", "m");
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        let reordered = br#"{ "messages":[{"content":"hi","role":"user"}],"model":"x"}"#;
+        assert!(
+            matches!(c.lookup(&ctl, &scope, reordered, false, &[]).await, Lookup::Hit(h) if h.layer == Layer::Exact)
+        );
+        let other = br#"{"model":"x","messages":[{"role":"user","content":"hi"}],"max_tokens":3}"#;
+        assert!(matches!(
+            c.lookup(&ctl, &scope, other, false, &[]).await,
+            Lookup::Miss(..)
+        ));
+    }
+}
