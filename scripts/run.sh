@@ -3,10 +3,17 @@
 # With no API keys set, the bundled simulator answers; with OPENAI_API_KEY set, OpenAI does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v cmake >/dev/null || ! command -v cc >/dev/null; then
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v cc >/dev/null || need+=(build-essential)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq cmake build-essential
+  $sudo apt-get install -y -qq "${need[@]}"
 fi
+# The default config's semantic cache layer uses the small static embedding model.
+scripts/fetch-models.sh static
 cargo build --release --bins
 exec target/release/tollgate run --config conf/gateway.yaml "$@"

