@@ -13,7 +13,7 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq "${need[@]}"
 fi
-# The default config's semantic cache layer uses the small static embedding model.
-scripts/fetch-models.sh static
+# The default config's semantic cache layer uses MiniLM (the static model is fetched too).
+scripts/fetch-models.sh
 cargo build --release --bins
 exec target/release/tollgate run --config conf/gateway.yaml "$@"

@@ -62,9 +62,10 @@ pub struct CacheSpec {
 #[serde(deny_unknown_fields)]
 pub struct SemanticSpec {
     pub embedder: EmbedderSpec,
-    /// Cosine similarity at or above which a stored question counts as the same.
-    #[serde(default = "default_threshold")]
-    pub threshold: f32,
+    /// Cosine similarity at or above which a stored question counts as the same; by default
+    /// the embedder's own (see [`EmbedderSpec::default_threshold`]).
+    #[serde(default)]
+    pub threshold: Option<f32>,
     /// Vectors kept across all scopes.
     #[serde(default = "default_max_vectors")]
     pub max_entries: usize,
@@ -129,9 +130,6 @@ fn default_max_ttl() -> u64 {
 fn default_max_entry_bytes() -> usize {
     4 << 20
 }
-fn default_threshold() -> f32 {
-    DEFAULT_THRESHOLD
-}
 fn default_max_vectors() -> usize {
     1_000_000
 }
@@ -139,8 +137,16 @@ fn default_hnsw_from() -> usize {
     4096
 }
 
-/// The default similarity threshold, chosen from `scripts/cache_eval.sh` (README has the table).
-pub const DEFAULT_THRESHOLD: f32 = 0.95;
+impl EmbedderSpec {
+    /// The lowest threshold at which the embedder kept false hits on Banking77 at or under 2%
+    /// (`scripts/cache_eval.sh`; README has the table). A remote model is unmeasured: MiniLM's.
+    pub fn default_threshold(&self) -> f32 {
+        match self {
+            EmbedderSpec::Static { .. } => 0.99,
+            EmbedderSpec::Minilm { .. } | EmbedderSpec::Remote { .. } => 0.96,
+        }
+    }
+}
 /// Candidates fetched from the index per lookup; a removed entry is skipped for the next one.
 const CANDIDATES: usize = 4;
 /// How often expired vectors leave the index.
@@ -285,7 +291,9 @@ impl Cache {
                 Some(Semantic {
                     embedder,
                     index: Arc::new(Index::new(dims, s.hnsw_from, s.max_entries)),
-                    threshold: s.threshold,
+                    threshold: s
+                        .threshold
+                        .unwrap_or_else(|| s.embedder.default_threshold()),
                 })
             }
         };
@@ -343,10 +351,9 @@ impl Cache {
             errors.push("cache.mode is semantic but cache.semantic is not set".into());
         }
         if let Some(s) = &spec.semantic {
-            if !(s.threshold > 0.0 && s.threshold <= 1.0) {
+            if let Some(t) = s.threshold.filter(|t| !(*t > 0.0 && *t <= 1.0)) {
                 errors.push(format!(
-                    "cache.semantic.threshold must be in (0, 1], not {}",
-                    s.threshold
+                    "cache.semantic.threshold must be in (0, 1], not {t}"
                 ));
             }
             match &s.embedder {
@@ -658,21 +665,15 @@ impl Fill {
                 created_ms: now,
                 expires_ms: now + ttl.as_millis() as u64,
             });
-            // A local embedder gives exact-mode answers their vector too, here, after the
-            // answer; a remote one is only paid for by semantic requests.
+            // A static embedder (microseconds) gives exact-mode answers their vector too, here,
+            // after the answer; slower or paid ones embed only for semantic requests.
             let vector = match (
                 vector,
                 &keys.semantic,
                 cache.semantic.as_ref().map(|s| &s.embedder),
             ) {
                 (Some(v), _, _) => Some(v),
-                (None, Some(sk), Some(Embedder::Inline(m) | Embedder::Blocking(m))) => {
-                    let (m, text) = (m.clone(), sk.text.clone());
-                    tokio::task::spawn_blocking(move || m.embed(&text))
-                        .await
-                        .ok()
-                        .and_then(Result::ok)
-                }
+                (None, Some(sk), Some(Embedder::Inline(m))) => m.embed(&sk.text).ok(),
                 _ => None,
             };
             let vector = keys.semantic.map(|s| s.scope).zip(vector);
