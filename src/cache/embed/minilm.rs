@@ -7,8 +7,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{Tokenizer, TruncationParams};
 
-use super::static_model::normalize;
-use super::Embed;
+use super::{normalize, Embed};
 
 /// Longer inputs are truncated, as sentence-transformers does for this model.
 const MAX_TOKENS: usize = 256;
