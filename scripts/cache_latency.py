@@ -58,7 +58,7 @@ def main() -> None:
         f"providers:\n  sim: {{kind: openai, base_url: 'http://127.0.0.1:{sim_port}/v1'}}\n"
         "models: [{id: sim/gpt-4o-mini, aliases: [gpt-4o-mini]}]\n"
         "cache:\n  mode: exact\n"
-        f"  semantic:\n    embedder: {{kind: static, path: {models}/static}}\n")
+        f"  semantic:\n    embedder: {{kind: static, path: {models}/static}}\n    threshold: 0.9\n")
     procs = [
         subprocess.Popen([str(BIN / "tollgate-sim"), "--listen", f"127.0.0.1:{sim_port}"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
