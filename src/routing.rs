@@ -39,6 +39,25 @@ pub struct Route {
 }
 
 impl Route {
+    /// The ids of the targets whose answers this route wants now: the weighted ones, or with
+    /// none available, the first of the fallback chain. A cached answer from any other target
+    /// (a fallback that stood in, or a target since removed) is not served.
+    pub fn primary_ids(&self) -> Vec<&str> {
+        let weighted: Vec<&str> = self
+            .weighted
+            .iter()
+            .map(|(i, _)| self.targets[*i].id.as_str())
+            .collect();
+        if !weighted.is_empty() {
+            return weighted;
+        }
+        self.fallback
+            .first()
+            .map(|i| self.targets[*i].id.as_str())
+            .into_iter()
+            .collect()
+    }
+
     /// The order in which targets are tried: one weighted pick first (`roll` in [0, 1)), then the
     /// other weighted targets, then the fallback chain; each target once.
     pub fn plan(&self, roll: f64) -> Vec<usize> {

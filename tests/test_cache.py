@@ -412,3 +412,135 @@ def test_check_reports_cache_errors(tmp_path):
     assert r.returncode == 1
     for want in ["redis_url is required", "threshold must be in (0, 1]", "fetch-models.sh"]:
         assert want in r.stdout + r.stderr, want
+
+
+# Faults an adversarial review found, each kept as a test.
+
+def test_redis_down_or_gone_never_stops_requests_and_caching_resumes(make_gateway, sim, tmp_path):
+    import shutil
+    import socket
+    port = free_port()
+    gw = make_gateway(extra=cache_section(None, extra=f"  store: redis\n  redis_url: redis://127.0.0.1:{port}/0\n"),
+                      models=MODELS)
+    t = time.time()
+    r = chat(gw)
+    assert r.status_code == 200 and r.headers["x-tollgate-cache"] == "miss"
+    assert time.time() - t < 2, "no Redis: answered uncached, at once"
+    proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        # Caching resumes once the gateway has reconnected.
+        deadline, status = time.time() + 15, None
+        while time.time() < deadline and status != "hit-exact":
+            status = chat(gw).headers["x-tollgate-cache"]
+            time.sleep(0.3)
+        assert status == "hit-exact"
+        # A Redis that stops answering (SIGSTOP) costs a short wait, never a hang.
+        os.kill(proc.pid, 19)
+        t = time.time()
+        r = chat(gw, messages=[{"role": "user", "content": "while redis sleeps"}])
+        assert r.status_code == 200 and time.time() - t < 3
+        os.kill(proc.pid, 18)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert gw.stop() == 0
+    assert "panicked" not in gw.stderr()
+
+
+def test_texts_past_the_embedder_window_or_unknown_to_it_are_not_compared(make_gateway, sim):
+    gw = make_gateway(extra=cache_section("minilm", threshold=0.9), models=MODELS)
+    sem = {"x-tollgate-cache": "semantic"}
+    doc = " ".join(f"Clause {i}: the supplier shall deliver goods number {i} on time." for i in range(60))
+    pairs = [
+        (doc + "\n\nQuestion: who is the supplier?",
+         doc + "\n\nQuestion: translate the whole contract into French."),
+        ("😀😀😀", "😡😡😡"),
+        ("ฉันจะรีเซ็ตรหัสผ่านได้อย่างไร", "ฉันจะลบบัญชีได้อย่างไร"),
+    ]
+    for a, b in pairs:
+        assert chat(gw, sem, messages=[{"role": "user", "content": a}]).headers["x-tollgate-cache"] == "miss"
+        settle()
+        r = chat(gw, sem, messages=[{"role": "user", "content": b}])
+        assert r.headers["x-tollgate-cache"] == "miss", b[-40:]
+
+
+def test_a_fallback_answer_is_not_served_once_the_route_wants_another_target(make_gateway, sim):
+    dead = free_port()
+    providers = f"""\
+  sim:
+    kind: openai
+    base_url: {sim.url}/v1
+  down:
+    kind: openai
+    base_url: http://127.0.0.1:{dead}/v1
+"""
+    models = MODELS + "  - id: down/gpt-4o-mini\n"
+    rules = "rules:\n  - name: chat\n    match: {model: chat}\n    targets: [{to: down/gpt-4o-mini}]\n" \
+            "    fallback: [sim/gpt-4o-mini]\n"
+    gw = make_gateway(providers=providers, models=models, rules=rules, extra=cache_section(None))
+    first = chat(gw, model="chat")
+    assert first.status_code == 200 and first.headers["x-tollgate-model"] == "sim/gpt-4o-mini"
+    settle()
+    again = chat(gw, model="chat")
+    assert again.headers["x-tollgate-cache"] == "miss", "the fallback's answer is not the route's"
+    # Retargeted on reload to the model that answered: its answer serves; to another: it does not.
+    gw.write_rules("rules:\n  - name: chat\n    match: {model: chat}\n    targets: [{to: sim/gpt-4o-mini}]\n")
+    time.sleep(1.5)
+    r = chat(gw, model="chat")
+    assert r.headers["x-tollgate-cache"] == "hit-exact"
+    assert r.headers["x-tollgate-model"] == "sim/gpt-4o-mini"
+    gw.write_rules("rules:\n  - name: chat\n    match: {model: chat}\n    targets: [{to: sim/gpt-4o}]\n")
+    time.sleep(1.5)
+    assert chat(gw, model="chat").headers["x-tollgate-cache"] == "miss"
+
+
+def test_forwarded_headers_that_change_the_answer_split_the_key(cgw, sim):
+    body = {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    url = cgw.url + "/v1/messages"
+    assert requests.post(url, json=body, headers={"anthropic-beta": "a"}, timeout=10) \
+        .headers["x-tollgate-cache"] == "miss"
+    settle()
+    assert requests.post(url, json=body, headers={"anthropic-beta": "a"}, timeout=10) \
+        .headers["x-tollgate-cache"] == "hit-exact"
+    assert requests.post(url, json=body, headers={"anthropic-beta": "output-128k"}, timeout=10) \
+        .headers["x-tollgate-cache"] == "miss"
+
+
+def test_cache_control_directives_and_header_values(cgw, sim):
+    first = chat(cgw)
+    key = first.headers["x-tollgate-cache-key"]
+    settle()
+    hit = chat(cgw)
+    assert hit.headers["x-tollgate-cache"] == "hit-exact" and hit.headers["x-tollgate-cache-key"] == key
+    for cc in ["no-cache", "max-age=0", "private, no-cache"]:
+        assert chat(cgw, {"cache-control": cc}).headers["x-tollgate-cache"] == "miss", cc
+    assert chat(cgw, {"cache-control": "no-store-please"}).headers["x-tollgate-cache"] == "hit-exact"
+    m = [{"role": "user", "content": "not kept"}]
+    chat(cgw, {"x-tollgate-cache-no-store": "on"}, messages=m)
+    settle()
+    assert chat(cgw, messages=m).headers["x-tollgate-cache"] == "miss"
+    r = requests.post(cgw.url + "/v1/chat/completions", timeout=10,
+                      json={"model": "gpt-4o-mini", "messages": MSG},
+                      headers={"x-tollgate-cache-namespace": "é".encode("latin-1")})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_cache_header"
+    assert chat(cgw, {"x-tollgate-cache-no-store": "perhaps"}).status_code == 400
+
+
+def test_check_refuses_zero_sizes_and_ttls(tmp_path):
+    cfg = tmp_path / "gateway.yaml"
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    cfg.write_text(
+        "listen: 127.0.0.1:1\nproviders:\n  sim: {kind: openai, base_url: 'http://127.0.0.1:1/v1'}\n"
+        "models: [{id: sim/m}]\ncache:\n  ttl_secs: 0\n  max_bytes: 0\n")
+    r = subprocess.run([str(BIN / "tollgate"), "check", "--config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "cache.ttl_secs must be greater than 0" in r.stdout and "cache.max_bytes" in r.stdout

@@ -14,6 +14,9 @@ pub struct Entry {
     pub provider: String,
     /// The upstream model that answered; its price is what a hit saves.
     pub model: String,
+    /// The catalog id of the target that answered.
+    #[serde(default)]
+    pub target: String,
     pub usage: Usage,
     pub namespace: String,
     pub created_ms: u64,
@@ -37,6 +40,9 @@ pub fn replay(
     wants_usage: bool,
 ) -> Option<Vec<u8>> {
     let mut v: Value = serde_json::from_str(&entry.body).ok()?;
+    if !storable(endpoint, &v) {
+        return None;
+    }
     mark_cached(&mut v, endpoint);
     if !stream {
         return serde_json::to_vec(&v).ok();
@@ -45,6 +51,35 @@ pub fn replay(
         Endpoint::Chat | Endpoint::Completions => Some(openai_events(&v, endpoint, wants_usage)),
         Endpoint::Messages => Some(anthropic_events(&v)),
         Endpoint::Embeddings => None,
+    }
+}
+
+/// Whether `v` is a whole successful answer of the endpoint's shape, fit to store and replay.
+pub fn storable(endpoint: Endpoint, v: &Value) -> bool {
+    let Some(o) = v.as_object() else {
+        return false;
+    };
+    if o.contains_key("error") {
+        return false;
+    }
+    let list = |k: &str| o.get(k).and_then(Value::as_array);
+    let objects = |l: &Vec<Value>| !l.is_empty() && l.iter().all(Value::is_object);
+    match endpoint {
+        Endpoint::Chat => list("choices").is_some_and(|c| {
+            objects(c)
+                && c.iter().all(|c| {
+                    c.get("message").is_some_and(|m| {
+                        m.is_object()
+                            && m.get("tool_calls").is_none_or(|t| {
+                                t.is_null()
+                                    || t.as_array().is_some_and(|t| t.iter().all(Value::is_object))
+                            })
+                    })
+                })
+        }),
+        Endpoint::Completions => list("choices").is_some_and(objects),
+        Endpoint::Messages => list("content").is_some_and(|c| c.iter().all(Value::is_object)),
+        Endpoint::Embeddings => list("data").is_some_and(objects),
     }
 }
 
@@ -106,25 +141,25 @@ fn openai_events(v: &Value, endpoint: Endpoint, wants_usage: bool) -> Vec<u8> {
     for (i, choice) in choices.iter().enumerate() {
         let index = choice.get("index").cloned().unwrap_or(json!(i));
         if chat {
-            let msg = choice.get("message").cloned().unwrap_or(json!({}));
-            let mut delta = Map::new();
+            // Every field of the message goes in one delta (content, tool calls, a legacy
+            // function call, annotations, reasoning, ...).
+            let mut delta: Map<String, Value> = choice
+                .get("message")
+                .and_then(Value::as_object)
+                .map(|m| {
+                    m.iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
             delta.insert("role".into(), json!("assistant"));
-            for field in ["content", "refusal"] {
-                if let Some(t) = msg.get(field).filter(|t| !t.is_null()) {
-                    delta.insert(field.into(), t.clone());
+            if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
+                for (n, c) in calls.iter_mut().enumerate() {
+                    if let Some(c) = c.as_object_mut() {
+                        c.insert("index".into(), json!(n));
+                    }
                 }
-            }
-            if let Some(calls) = msg.get("tool_calls").and_then(Value::as_array) {
-                let calls: Vec<Value> = calls
-                    .iter()
-                    .enumerate()
-                    .map(|(n, c)| {
-                        let mut c = c.clone();
-                        c["index"] = json!(n);
-                        c
-                    })
-                    .collect();
-                delta.insert("tool_calls".into(), Value::Array(calls));
             }
             let mut first = json!({"index": index, "delta": delta, "finish_reason": null});
             if let Some(lp) = choice.get("logprobs").filter(|l| !l.is_null()) {
@@ -136,8 +171,9 @@ fn openai_events(v: &Value, endpoint: Endpoint, wants_usage: bool) -> Vec<u8> {
             event(&mut out, None, &chunk(json!([finish])));
         } else {
             let text = choice.get("text").cloned().unwrap_or(json!(""));
+            let logprobs = choice.get("logprobs").cloned().unwrap_or(Value::Null);
             let first =
-                json!({"index": index, "text": text, "finish_reason": null, "logprobs": null});
+                json!({"index": index, "text": text, "finish_reason": null, "logprobs": logprobs});
             event(&mut out, None, &chunk(json!([first])));
             let finish = json!({"index": index, "text": "", "finish_reason": choice.get("finish_reason"), "logprobs": null});
             event(&mut out, None, &chunk(json!([finish])));
@@ -155,7 +191,11 @@ fn openai_events(v: &Value, endpoint: Endpoint, wants_usage: bool) -> Vec<u8> {
 /// An Anthropic message as its stream of events.
 fn anthropic_events(v: &Value) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
-    let usage = v.get("usage").cloned().unwrap_or(json!({}));
+    let usage = v
+        .get("usage")
+        .filter(|u| u.is_object())
+        .cloned()
+        .unwrap_or(json!({}));
     let mut start = v.clone();
     start["content"] = json!([]);
     start["stop_reason"] = Value::Null;
@@ -174,12 +214,18 @@ fn anthropic_events(v: &Value) -> Vec<u8> {
         let kind = block.get("type").and_then(Value::as_str).unwrap_or("text");
         let (open, delta) = match kind {
             "text" => (
-                json!({"type": "text", "text": ""}),
+                if block.get("citations").is_some() {
+                    json!({"type": "text", "text": "", "citations": []})
+                } else {
+                    json!({"type": "text", "text": ""})
+                },
                 json!({"type": "text_delta", "text": block.get("text").cloned().unwrap_or(json!(""))}),
             ),
             "tool_use" | "server_tool_use" => {
                 let mut open = block.clone();
-                open["input"] = json!({});
+                if let Some(o) = open.as_object_mut() {
+                    o.insert("input".into(), json!({}));
+                }
                 let input = block.get("input").cloned().unwrap_or(json!({}));
                 let partial = serde_json::to_string(&input).unwrap_or_else(|_| "{}".into());
                 (
@@ -203,6 +249,19 @@ fn anthropic_events(v: &Value) -> Vec<u8> {
                 &mut out,
                 Some("content_block_delta"),
                 &json!({"type": "content_block_delta", "index": i, "delta": delta}),
+            );
+        }
+        for citation in block
+            .get("citations")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let d = json!({"type": "citations_delta", "citation": citation});
+            event(
+                &mut out,
+                Some("content_block_delta"),
+                &json!({"type": "content_block_delta", "index": i, "delta": d}),
             );
         }
         if let Some(sig) = block.get("signature") {
@@ -250,13 +309,16 @@ pub fn assemble(endpoint: Endpoint, sse: &[u8], usage: &Usage) -> Option<String>
         Endpoint::Messages => assemble_anthropic(sse)?,
         Endpoint::Embeddings => return None,
     };
+    if !storable(endpoint, &v) {
+        return None;
+    }
     serde_json::to_string(&v).ok()
 }
 
 fn assemble_openai(endpoint: Endpoint, sse: &[u8], usage: &Usage) -> Option<Value> {
     let chat = endpoint == Endpoint::Chat;
     let mut head: Option<Value> = None;
-    // By choice index: (text, refusal, tool calls by index, finish reason).
+    // The parts of each choice, by its index.
     let mut choices: std::collections::BTreeMap<u64, ChoiceParts> = Default::default();
     for chunk in payloads(sse) {
         if head.is_none() {
@@ -283,37 +345,25 @@ fn assemble_openai(endpoint: Endpoint, sse: &[u8], usage: &Usage) -> Option<Valu
                     .push_str(c.get("text").and_then(Value::as_str).unwrap_or(""));
                 continue;
             }
-            let Some(delta) = c.get("delta") else {
+            let Some(delta) = c.get("delta").and_then(Value::as_object) else {
                 continue;
             };
-            if let Some(t) = delta.get("content").and_then(Value::as_str) {
-                parts.text.push_str(t);
-                parts.has_text = true;
-            }
-            if let Some(t) = delta.get("refusal").and_then(Value::as_str) {
-                parts.refusal.get_or_insert_with(String::new).push_str(t);
-            }
-            for call in delta
-                .get("tool_calls")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let i = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let slot = parts.calls.entry(i).or_insert_with(|| {
-                    json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-                });
-                if let Some(id) = call.get("id").and_then(Value::as_str) {
-                    slot["id"] = json!(id);
-                }
-                if let Some(f) = call.get("function") {
-                    for k in ["name", "arguments"] {
-                        if let Some(s) = f.get(k).and_then(Value::as_str) {
-                            let joined =
-                                format!("{}{s}", slot["function"][k].as_str().unwrap_or(""));
-                            slot["function"][k] = json!(joined);
+            for (k, d) in delta {
+                match (k.as_str(), d) {
+                    (_, Value::Null) | ("role", _) => {}
+                    ("tool_calls", Value::Array(calls)) => {
+                        for call in calls {
+                            let i = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                            let slot = parts.calls.entry(i).or_insert_with(|| json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}));
+                            if let Some(id) = call.get("id").and_then(Value::as_str) {
+                                slot["id"] = json!(id);
+                            }
+                            if let Some(f) = call.get("function").and_then(Value::as_object) {
+                                merge(&mut slot["function"], f);
+                            }
                         }
                     }
+                    (_, d) => merge_field(&mut parts.message, k, d),
                 }
             }
         }
@@ -328,15 +378,14 @@ fn assemble_openai(endpoint: Endpoint, sse: &[u8], usage: &Usage) -> Option<Valu
             if !chat {
                 return json!({"index": index, "text": p.text, "finish_reason": p.finish, "logprobs": null});
             }
-            let mut msg = json!({
-                "role": "assistant",
-                "content": if p.has_text || p.calls.is_empty() { json!(p.text) } else { Value::Null },
-            });
-            if let Some(r) = p.refusal {
-                msg["refusal"] = json!(r);
+            let mut msg = p.message;
+            msg.insert("role".into(), json!("assistant"));
+            if !msg.contains_key("content") {
+                let none = p.calls.is_empty() && !msg.contains_key("function_call");
+                msg.insert("content".into(), if none { json!("") } else { Value::Null });
             }
             if !p.calls.is_empty() {
-                msg["tool_calls"] = Value::Array(p.calls.into_values().collect());
+                msg.insert("tool_calls".into(), Value::Array(p.calls.into_values().collect()));
             }
             json!({"index": index, "message": msg, "finish_reason": p.finish, "logprobs": null})
         })
@@ -362,11 +411,37 @@ fn assemble_openai(endpoint: Endpoint, sse: &[u8], usage: &Usage) -> Option<Valu
 
 #[derive(Default)]
 struct ChoiceParts {
+    /// Completions: the text so far.
     text: String,
-    has_text: bool,
-    refusal: Option<String>,
+    /// Chat: the message's fields so far.
+    message: Map<String, Value>,
     calls: std::collections::BTreeMap<u64, Value>,
     finish: Value,
+}
+
+/// Adds a streamed fragment to a field: strings are joined, arrays extended, objects merged,
+/// anything else replaced.
+fn merge_field(into: &mut Map<String, Value>, k: &str, d: &Value) {
+    match (into.get_mut(k), d) {
+        (Some(Value::String(s)), Value::String(more)) => s.push_str(more),
+        (Some(Value::Array(a)), Value::Array(more)) => a.extend(more.iter().cloned()),
+        (Some(Value::Object(o)), Value::Object(more)) => {
+            for (k2, d2) in more {
+                merge_field(o, k2, d2);
+            }
+        }
+        _ => {
+            into.insert(k.to_string(), d.clone());
+        }
+    }
+}
+
+fn merge(into: &mut Value, fragment: &Map<String, Value>) {
+    if let Some(o) = into.as_object_mut() {
+        for (k, d) in fragment {
+            merge_field(o, k, d);
+        }
+    }
 }
 
 fn assemble_anthropic(sse: &[u8]) -> Option<Value> {
@@ -376,9 +451,15 @@ fn assemble_anthropic(sse: &[u8]) -> Option<Value> {
     let mut stopped = false;
     for e in payloads(sse) {
         match e.get("type").and_then(Value::as_str)? {
-            "message_start" => message = e.get("message").cloned(),
+            "message_start" => {
+                let m = e.get("message").filter(|m| m.is_object())?;
+                if m.get("usage").is_some_and(|u| !u.is_object()) {
+                    return None;
+                }
+                message = Some(m.clone());
+            }
             "content_block_start" => {
-                blocks.push(e.get("content_block")?.clone());
+                blocks.push(e.get("content_block").filter(|b| b.is_object())?.clone());
                 json_parts.push(String::new());
             }
             "content_block_delta" => {
@@ -389,6 +470,13 @@ fn assemble_anthropic(sse: &[u8]) -> Option<Value> {
                     "text_delta" => append(block, "text", d.get("text")?),
                     "thinking_delta" => append(block, "thinking", d.get("thinking")?),
                     "signature_delta" => block["signature"] = d.get("signature")?.clone(),
+                    "citations_delta" => {
+                        let list = block
+                            .as_object_mut()?
+                            .entry("citations")
+                            .or_insert(json!([]));
+                        list.as_array_mut()?.push(d.get("citation")?.clone());
+                    }
                     "input_json_delta" => json_parts
                         .get_mut(i)?
                         .push_str(d.get("partial_json")?.as_str()?),
@@ -446,6 +534,7 @@ mod tests {
             body: body.to_string(),
             provider: "sim".into(),
             model: "gpt-4o".into(),
+            target: "sim/gpt-4o".into(),
             usage: Usage::default(),
             namespace: "default".into(),
             created_ms: 0,
@@ -524,6 +613,84 @@ mod tests {
         assert_eq!(back["usage"]["cache_read_input_tokens"], 25, "{back}");
         assert_eq!(back["usage"]["input_tokens"], 0);
         assert_eq!(back["usage"]["output_tokens"], 9);
+    }
+
+    #[test]
+    fn every_message_field_survives_both_ways() {
+        let answer = json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {
+                "role": "assistant", "content": null,
+                "function_call": {"name": "f", "arguments": "{\"x\":1}"},
+                "annotations": [{"type": "url_citation", "url_citation": {"url": "u"}}],
+                "reasoning_content": "because"
+            }, "finish_reason": "function_call", "logprobs": null}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        });
+        let sse = replay(&entry(answer.clone()), Endpoint::Chat, true, false).unwrap();
+        let back: Value =
+            serde_json::from_str(&assemble(Endpoint::Chat, &sse, &usage()).unwrap()).unwrap();
+        assert_eq!(
+            back["choices"][0]["message"],
+            answer["choices"][0]["message"]
+        );
+        // Fragments of each field are joined.
+        let frags = concat!(
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"function_call\":{\"name\":\"f\",\"arguments\":\"{\\\"x\"}}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"function_call\":{\"arguments\":\"\\\":1}\"},\"reasoning_content\":\"b\"},\"finish_reason\":\"function_call\"}]}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let v: Value =
+            serde_json::from_str(&assemble(Endpoint::Chat, frags.as_bytes(), &usage()).unwrap())
+                .unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["function_call"]["arguments"],
+            "{\"x\":1}"
+        );
+        assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+    }
+
+    #[test]
+    fn anthropic_citations_survive_both_ways() {
+        let answer = json!({
+            "id": "msg", "type": "message", "role": "assistant", "model": "claude",
+            "content": [{"type": "text", "text": "Paris.", "citations": [{"type": "char_location", "cited_text": "Paris"}]}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 3, "output_tokens": 2}
+        });
+        let sse = replay(&entry(answer.clone()), Endpoint::Messages, true, false).unwrap();
+        let back: Value =
+            serde_json::from_str(&assemble(Endpoint::Messages, &sse, &usage()).unwrap()).unwrap();
+        assert_eq!(back["content"], answer["content"]);
+    }
+
+    #[test]
+    fn only_whole_answers_of_the_right_shape_are_stored_or_replayed() {
+        for (endpoint, bad) in [
+            (Endpoint::Chat, json!({"error": {"message": "x"}})),
+            (Endpoint::Chat, json!({"choices": []})),
+            (
+                Endpoint::Chat,
+                json!({"choices": [{"message": {"tool_calls": ["weird"]}}]}),
+            ),
+            (Endpoint::Chat, json!(["not", "an", "object"])),
+            (Endpoint::Messages, json!(["not", "an", "object"])),
+            (Endpoint::Messages, json!({"content": ["text"]})),
+            (Endpoint::Embeddings, json!({"data": 1})),
+        ] {
+            assert!(!storable(endpoint, &bad), "{bad}");
+            for stream in [false, true] {
+                assert!(
+                    replay(&entry(bad.clone()), endpoint, stream, true).is_none(),
+                    "{bad}"
+                );
+            }
+        }
+        let bad_usage = json!({"type": "message", "content": [], "usage": 5});
+        assert!(
+            replay(&entry(bad_usage), Endpoint::Messages, true, true).is_some(),
+            "no panic"
+        );
     }
 
     #[test]

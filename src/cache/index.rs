@@ -118,12 +118,17 @@ impl Index {
 
     /// Adds `key` to `scope`; false if it was there already or the index is full.
     pub fn insert(&self, scope: u128, key: u128, v: &[f32], expires_ms: u64) -> bool {
-        if v.len() != self.dims || self.len() >= self.max_entries {
+        if v.len() != self.dims {
             return false;
         }
         let s = lock(self.shard(scope)).entry(scope).or_default().clone();
         let mut s = s.write().unwrap_or_else(|e| e.into_inner());
-        if s.by_key.contains_key(&key) {
+        if let Some(&slot) = s.by_key.get(&key) {
+            // Stored again (it had expired): the entry's new lifetime holds.
+            s.expires[slot] = s.expires[slot].max(expires_ms);
+            return false;
+        }
+        if self.len() >= self.max_entries {
             return false;
         }
         let slot = s.slots.len();
@@ -271,12 +276,16 @@ mod tests {
             assert!(index.insert(1, i as u128, &unit(i, 8), 100 + i));
         }
         assert!(!index.insert(1, 9, &unit(9, 8), 200), "full");
-        assert!(!index.insert(1, 0, &unit(0, 8), 200), "no duplicates");
+        assert!(!index.insert(1, 0, &unit(0, 8), 500), "no duplicates");
         assert_eq!(index.retain(|k, _| k != 1), 1);
         assert_ne!(index.search(1, &unit(1, 8), 1)[0].0, 1);
         assert_eq!(index.len(), 2);
         assert!(index.insert(1, 9, &unit(9, 8), 200), "room again");
-        assert_eq!(index.expire(101), 1, "entry 0 expired at 100");
+        assert_eq!(
+            index.expire(103),
+            1,
+            "entry 2 (102) goes; entry 0 was stored again until 500"
+        );
         assert_eq!(index.len(), 2);
     }
 }

@@ -28,6 +28,9 @@ pub struct Scope<'a> {
     pub endpoint: Endpoint,
     /// The model as resolved by routing (rule or catalog id), not as the client spelled it.
     pub model: &'a str,
+    /// Forwarded headers that change the answer (`anthropic-beta`, `anthropic-version`,
+    /// `openai-beta`), joined.
+    pub variant: &'a str,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -73,6 +76,7 @@ fn digest(scope: &Scope, layer: &[u8], v: &Value) -> u128 {
         scope.namespace.as_bytes(),
         scope.endpoint.name().as_bytes(),
         scope.model.as_bytes(),
+        scope.variant.as_bytes(),
     ] {
         buf.extend_from_slice(&(part.len() as u64).to_le_bytes());
         buf.extend_from_slice(part);
@@ -176,6 +180,7 @@ mod tests {
             namespace: "default",
             endpoint: Endpoint::Chat,
             model: "sim/gpt-4o",
+            variant: "",
         }
     }
 
@@ -246,6 +251,10 @@ mod tests {
             },
             Scope {
                 endpoint: Endpoint::Messages,
+                ..scope()
+            },
+            Scope {
+                variant: "anthropic-beta=output-128k",
                 ..scope()
             },
         ] {

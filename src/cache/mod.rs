@@ -251,8 +251,13 @@ pub enum Lookup {
     Skip,
 }
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+/// A cache header's value; one that is not visible ASCII is refused.
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match h.get(name).map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(v)) => Ok(Some(v.trim())),
+        Some(Err(_)) => Err(bad_header(name, "not plain ASCII")),
+    }
 }
 
 fn bad_header(name: &str, why: &str) -> ApiError {
@@ -347,6 +352,16 @@ impl Cache {
                 }
             }
         }
+        for (name, v) in [
+            ("ttl_secs", spec.ttl_secs),
+            ("max_ttl_secs", spec.max_ttl_secs),
+            ("max_bytes", spec.max_bytes),
+            ("max_entry_bytes", spec.max_entry_bytes as u64),
+        ] {
+            if v == 0 {
+                errors.push(format!("cache.{name} must be greater than 0"));
+            }
+        }
         if spec.mode == Mode::Semantic && spec.semantic.is_none() {
             errors.push("cache.mode is semantic but cache.semantic is not set".into());
         }
@@ -384,7 +399,7 @@ impl Cache {
 
     /// The request's cache settings from its headers.
     pub fn control(&self, h: &HeaderMap) -> Result<Control, ApiError> {
-        let mut mode = match header(h, "x-tollgate-cache") {
+        let mut mode = match header(h, "x-tollgate-cache")? {
             None | Some("") => self.mode,
             Some(v) => match v.to_ascii_lowercase().as_str() {
                 "off" | "none" => Mode::Off,
@@ -396,7 +411,7 @@ impl Cache {
         if mode == Mode::Semantic && self.semantic.is_none() {
             mode = Mode::Exact;
         }
-        let ttl_header = match header(h, "x-tollgate-cache-ttl") {
+        let ttl_header = match header(h, "x-tollgate-cache-ttl")? {
             None => None,
             Some(v) => match v.parse::<u64>() {
                 Ok(s) if s > 0 => Some(Duration::from_secs(s).min(self.max_ttl)),
@@ -408,7 +423,7 @@ impl Cache {
                 }
             },
         };
-        let threshold = match header(h, "x-tollgate-cache-threshold") {
+        let threshold = match header(h, "x-tollgate-cache-threshold")? {
             None => None,
             Some(v) => match v.parse::<f32>() {
                 Ok(t) if t > 0.0 && t <= 1.0 => Some(t),
@@ -420,13 +435,27 @@ impl Cache {
                 }
             },
         };
-        let truthy = |v: Option<&str>| {
-            v.is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+        let mut no_store = match header(h, "x-tollgate-cache-no-store")? {
+            None => false,
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => return Err(bad_header("x-tollgate-cache-no-store", "true or false")),
+            },
         };
-        let no_store = truthy(header(h, "x-tollgate-cache-no-store"))
-            || header(h, "cache-control")
-                .is_some_and(|v| v.to_ascii_lowercase().contains("no-store"));
-        let namespace = match header(h, "x-tollgate-cache-namespace") {
+        // HTTP's directives: `no-store` writes nothing; `no-cache` and `max-age=0` read nothing.
+        let mut max_age = ttl_header;
+        let directives = header(h, "cache-control")?
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        for d in directives.split(',').map(str::trim) {
+            match d {
+                "no-store" => no_store = true,
+                "no-cache" | "max-age=0" => max_age = Some(Duration::ZERO),
+                _ => {}
+            }
+        }
+        let namespace = match header(h, "x-tollgate-cache-namespace")? {
             None | Some("") => "default".to_string(),
             Some(v) if valid_namespace(v) => v.to_string(),
             Some(_) => {
@@ -439,7 +468,7 @@ impl Cache {
         Ok(Control {
             mode,
             ttl: ttl_header.unwrap_or(self.ttl),
-            max_age: ttl_header,
+            max_age,
             threshold,
             no_store,
             namespace,
@@ -474,6 +503,7 @@ impl Cache {
         scope: &Scope<'_>,
         body: &[u8],
         stream: bool,
+        accept: &[&str],
         providers: &[Arc<Provider>],
     ) -> Lookup {
         // The semantic key is made whenever there is a semantic layer, so that answers stored by
@@ -483,8 +513,10 @@ impl Cache {
         };
         let now = now_ms();
         let fresh = |e: &Entry| {
-            ctl.max_age
-                .is_none_or(|age| e.created_ms + age.as_millis() as u64 > now)
+            accept.contains(&e.target.as_str())
+                && ctl
+                    .max_age
+                    .is_none_or(|age| e.created_ms + age.as_millis() as u64 > now)
         };
         if let Some(entry) = self
             .store
@@ -505,7 +537,8 @@ impl Cache {
         let semantic = ctl.mode == Mode::Semantic;
         if let (Some(sem), Some(sk), true) = (&self.semantic, &keys.semantic, semantic) {
             match self.embed(sem, &sk.text, providers).await {
-                Ok((v, used)) => {
+                Ok(None) => {}
+                Ok(Some((v, used))) => {
                     embedding = used;
                     let threshold = ctl.threshold.unwrap_or(sem.threshold);
                     for (key, cos) in sem.index.search(sk.scope, &v, CANDIDATES) {
@@ -553,20 +586,32 @@ impl Cache {
         )
     }
 
+    /// The vector of `text`, or `None` when the text is not one to compare by meaning (see
+    /// [`Embed::comparable`]; a zero vector counts as none).
     async fn embed(
         &self,
         sem: &Semantic,
         text: &str,
         providers: &[Arc<Provider>],
-    ) -> Result<(Vec<f32>, Option<EmbedUse>), String> {
+    ) -> Result<Option<(Vec<f32>, Option<EmbedUse>)>, String> {
+        if text.len() > embed::MAX_COMPARABLE_BYTES {
+            return Ok(None);
+        }
+        let nonzero = |v: Vec<f32>| v.iter().any(|x| *x != 0.0).then_some(v);
         match &sem.embedder {
-            Embedder::Inline(m) => Ok((m.embed(text)?, None)),
+            Embedder::Inline(m) => match m.comparable(text) {
+                true => Ok(nonzero(m.embed(text)?).map(|v| (v, None))),
+                false => Ok(None),
+            },
             Embedder::Blocking(m) => {
                 let (m, text) = (m.clone(), text.to_string());
-                let v = tokio::task::spawn_blocking(move || m.embed(&text))
-                    .await
-                    .map_err(|e| e.to_string())??;
-                Ok((v, None))
+                let v = tokio::task::spawn_blocking(move || match m.comparable(&text) {
+                    true => m.embed(&text).map(Some),
+                    false => Ok(None),
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                Ok(v.and_then(nonzero).map(|v| (v, None)))
             }
             Embedder::Remote { provider, model } => {
                 let p = providers
@@ -582,13 +627,11 @@ impl Cache {
                         sem.index.dims()
                     ));
                 }
-                Ok((
-                    v,
-                    Some(EmbedUse {
-                        model: model.clone(),
-                        tokens,
-                    }),
-                ))
+                let used = Some(EmbedUse {
+                    model: model.clone(),
+                    tokens,
+                });
+                Ok(nonzero(v).map(|v| (v, used)))
             }
         }
     }
@@ -613,6 +656,11 @@ pub fn valid_namespace(v: &str) -> bool {
 }
 
 impl Fill {
+    /// The id the entry will have (`x-tollgate-cache-key`).
+    pub fn id(&self) -> String {
+        format!("{:032x}", self.keys.exact)
+    }
+
     /// Keeps a piece of the answer as the client got it.
     pub fn capture(&mut self, bytes: &[u8]) {
         if !self.fits {
@@ -627,7 +675,7 @@ impl Fill {
     }
 
     /// Stores the completed answer, off the request path.
-    pub fn store(self, usage: Usage, provider: &str, model: &str) {
+    pub fn store(self, usage: Usage, provider: &str, model: &str, target: &str) {
         if !self.fits || self.captured.is_empty() {
             return;
         }
@@ -642,7 +690,8 @@ impl Fill {
             captured,
             ..
         } = self;
-        let (provider, model) = (provider.to_string(), model.to_string());
+        let (provider, model, target) =
+            (provider.to_string(), model.to_string(), target.to_string());
         tokio::spawn(async move {
             let body = if stream {
                 match entry::assemble(endpoint, &captured, &usage) {
@@ -650,8 +699,9 @@ impl Fill {
                     None => return,
                 }
             } else {
-                match String::from_utf8(captured) {
-                    Ok(b) if serde_json::from_str::<serde::de::IgnoredAny>(&b).is_ok() => b,
+                let whole = serde_json::from_slice::<serde_json::Value>(&captured);
+                match (whole, String::from_utf8(captured)) {
+                    (Ok(v), Ok(b)) if entry::storable(endpoint, &v) => b,
                     _ => return,
                 }
             };
@@ -660,10 +710,11 @@ impl Fill {
                 body,
                 provider,
                 model,
+                target,
                 usage,
                 namespace,
                 created_ms: now,
-                expires_ms: now + ttl.as_millis() as u64,
+                expires_ms: now.saturating_add(ttl.as_millis() as u64),
             });
             // A static embedder (microseconds) gives exact-mode answers their vector too, here,
             // after the answer; slower or paid ones embed only for semantic requests.
@@ -673,7 +724,13 @@ impl Fill {
                 cache.semantic.as_ref().map(|s| &s.embedder),
             ) {
                 (Some(v), _, _) => Some(v),
-                (None, Some(sk), Some(Embedder::Inline(m))) => m.embed(&sk.text).ok(),
+                (None, Some(sk), Some(Embedder::Inline(m)))
+                    if sk.text.len() <= embed::MAX_COMPARABLE_BYTES && m.comparable(&sk.text) =>
+                {
+                    m.embed(&sk.text)
+                        .ok()
+                        .filter(|v| v.iter().any(|x| *x != 0.0))
+                }
                 _ => None,
             };
             let vector = keys.semantic.map(|s| s.scope).zip(vector);
@@ -738,23 +795,33 @@ mod tests {
             namespace: "default",
             endpoint: Endpoint::Chat,
             model: "m",
+            variant: "",
         };
         let body = br#"{"model":"x","messages":[{"role":"user","content":"hi"}]}"#;
-        let Lookup::Miss(Some(mut fill), _) = c.lookup(&ctl, &scope, body, false, &[]).await else {
+        let Lookup::Miss(Some(mut fill), _) =
+            c.lookup(&ctl, &scope, body, false, &["sim/m"], &[]).await
+        else {
             panic!("expected a miss");
         };
-        fill.capture(br#"{"id":"1","choices":[]}"#);
-        fill.store(Usage::default(), "sim", "m");
+        fill.capture(br#"{"id":"1","choices":[{"index":0,"message":{"role":"assistant","content":"hello"}}]}"#);
+        fill.store(Usage::default(), "sim", "m", "sim/m");
         for _ in 0..100 {
             tokio::task::yield_now().await;
         }
         let reordered = br#"{ "messages":[{"content":"hi","role":"user"}],"model":"x"}"#;
         assert!(
-            matches!(c.lookup(&ctl, &scope, reordered, false, &[]).await, Lookup::Hit(h) if h.layer == Layer::Exact)
+            matches!(c.lookup(&ctl, &scope, reordered, false, &["sim/m"], &[]).await, Lookup::Hit(h) if h.layer == Layer::Exact)
         );
         let other = br#"{"model":"x","messages":[{"role":"user","content":"hi"}],"max_tokens":3}"#;
         assert!(matches!(
-            c.lookup(&ctl, &scope, other, false, &[]).await,
+            c.lookup(&ctl, &scope, other, false, &["sim/m"], &[]).await,
+            Lookup::Miss(..)
+        ));
+        // An answer from a target the route no longer wants (a fallback that stood in) is not
+        // served.
+        assert!(matches!(
+            c.lookup(&ctl, &scope, reordered, false, &["other/m"], &[])
+                .await,
             Lookup::Miss(..)
         ));
     }

@@ -85,20 +85,33 @@ impl Store for MemoryStore {
 
 pub mod redis_store {
     //! Entries as `tollgate:cache:e:{namespace}:{key}` with a TTL; vectors in the stream
-    //! `tollgate:cache:vectors`, capped near the index's size.
+    //! `tollgate:cache:vectors`, capped near the index's size. Redis trouble never fails or
+    //! stalls a request: every call has a short deadline, a failed call counts as a miss, and
+    //! the connection is remade in the background.
 
     use super::*;
     use redis::aio::MultiplexedConnection;
     use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
     use redis::AsyncCommands;
+    use std::future::Future;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+    use std::time::Duration;
 
     const STREAM: &str = "tollgate:cache:vectors";
+    /// The longest a lookup waits for Redis before answering as a miss.
+    const DEADLINE: Duration = Duration::from_millis(250);
+    /// Admin calls (SCAN over many keys) may take longer.
+    const ADMIN_DEADLINE: Duration = Duration::from_secs(30);
+    const RECONNECT_EVERY_MS: u64 = 1000;
 
     pub struct RedisStore {
-        conn: MultiplexedConnection,
+        client: redis::Client,
+        conn: Arc<Mutex<Option<MultiplexedConnection>>>,
+        last_attempt_ms: AtomicU64,
         max_vectors: usize,
         /// Runs the connection and the stream reader, whatever runtime the caller is on.
-        runtime: tokio::runtime::Runtime,
+        runtime: Option<tokio::runtime::Runtime>,
     }
 
     fn entry_key(namespace: &str, key: u128) -> String {
@@ -110,7 +123,8 @@ pub mod redis_store {
     }
 
     impl RedisStore {
-        /// Connects, and with an index, starts feeding it from the stream (from its start).
+        /// Starts the store; Redis need not be up yet. With an index, a background task loads
+        /// the vector stream from its start and then follows it.
         pub fn connect(url: &str, index: Option<Arc<Index>>) -> Result<RedisStore, String> {
             let client = redis::Client::open(url).map_err(|e| format!("cache.redis_url: {e}"))?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -119,22 +133,93 @@ pub mod redis_store {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            let conn = runtime
-                .block_on(client.get_multiplexed_async_connection())
-                .map_err(|e| format!("cannot connect to redis at {url}: {e}"))?;
             let max_vectors = index.as_ref().map_or(0, |i| i.max_entries());
+            let first = runtime.block_on(async {
+                tokio::time::timeout(DEADLINE * 4, client.get_multiplexed_async_connection()).await
+            });
+            let conn = match first {
+                Ok(Ok(c)) => Some(c),
+                _ => {
+                    log::warn!(
+                        "cache: redis at {url} is not reachable yet; caching resumes when it is"
+                    );
+                    None
+                }
+            };
             if let Some(index) = index {
-                let conn = runtime
-                    .block_on(client.get_multiplexed_async_connection())
-                    .map_err(|e| format!("cannot connect to redis at {url}: {e}"))?;
-                let last = runtime.block_on(load(conn.clone(), &index))?;
-                runtime.spawn(follow(conn, index, last));
+                runtime.spawn(feed(client.clone(), index));
             }
             Ok(RedisStore {
-                conn,
+                client,
+                conn: Arc::new(Mutex::new(conn)),
+                last_attempt_ms: AtomicU64::new(0),
                 max_vectors,
-                runtime,
+                runtime: Some(runtime),
             })
+        }
+
+        /// The connection, or `None` (and a reconnect started, at most once a second).
+        fn conn(&self) -> Option<MultiplexedConnection> {
+            if let Some(c) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                return Some(c.clone());
+            }
+            let now = super::super::now_ms();
+            let last = self.last_attempt_ms.load(Ordering::Relaxed);
+            let due = now.saturating_sub(last) >= RECONNECT_EVERY_MS
+                && self
+                    .last_attempt_ms
+                    .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok();
+            if let (true, Some(rt)) = (due, &self.runtime) {
+                let (client, slot) = (self.client.clone(), self.conn.clone());
+                rt.spawn(async move {
+                    let c = tokio::time::timeout(
+                        DEADLINE * 4,
+                        client.get_multiplexed_async_connection(),
+                    );
+                    if let Ok(Ok(c)) = c.await {
+                        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+                    }
+                });
+            }
+            None
+        }
+
+        /// Runs `f` on the store's runtime within `deadline`; a broken connection is dropped so
+        /// that the next call remakes it.
+        async fn call<T, F, Fut>(&self, deadline: Duration, f: F) -> Result<T, String>
+        where
+            T: Send + 'static,
+            F: FnOnce(MultiplexedConnection) -> Fut,
+            Fut: Future<Output = redis::RedisResult<T>> + Send + 'static,
+        {
+            let conn = self.conn().ok_or("redis: not connected")?;
+            let rt = self.runtime.as_ref().ok_or("redis: stopped")?;
+            let fut = f(conn);
+            let done = rt.spawn(async move { tokio::time::timeout(deadline, fut).await });
+            match done.await {
+                Ok(Ok(Ok(v))) => Ok(v),
+                Ok(Ok(Err(e))) => {
+                    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    }
+                    Err(err(e))
+                }
+                Ok(Err(_)) => {
+                    *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    Err("redis: timed out".into())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    }
+
+    impl Drop for RedisStore {
+        fn drop(&mut self) {
+            // Dropped from async code at shutdown: a runtime must not block there.
+            if let Some(rt) = self.runtime.take() {
+                rt.shutdown_background();
+            }
         }
     }
 
@@ -157,23 +242,69 @@ pub mod redis_store {
         Some((scope, key, exp, v))
     }
 
-    /// Reads the whole stream into the index; returns the last id read.
-    async fn load(mut conn: MultiplexedConnection, index: &Index) -> Result<String, String> {
-        let now = super::super::now_ms();
+    /// Loads the vector stream into the index from its start, then follows it; reconnects
+    /// (reading on from the last id) whenever Redis goes away.
+    async fn feed(client: redis::Client, index: Arc<Index>) {
         let mut last = "0-0".to_string();
+        let mut loaded = false;
+        loop {
+            let mut conn = match client.get_multiplexed_async_connection().await {
+                Ok(c) => c,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(RECONNECT_EVERY_MS)).await;
+                    continue;
+                }
+            };
+            if !loaded {
+                match load(&mut conn, &index, &mut last).await {
+                    Ok(()) => loaded = true,
+                    Err(e) => {
+                        log::warn!("cache: loading the vector stream failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(RECONNECT_EVERY_MS)).await;
+                        continue;
+                    }
+                }
+            }
+            let opts = StreamReadOptions::default().block(1000).count(500);
+            loop {
+                let reply: Result<StreamReadReply, _> =
+                    conn.xread_options(&[STREAM], &[last.as_str()], &opts).await;
+                match reply {
+                    Ok(r) => {
+                        for key in r.keys {
+                            for id in key.ids {
+                                if let Some((scope, k, exp, v)) = decode(&id.map) {
+                                    index.insert(scope, k, &v, exp);
+                                }
+                                last = id.id;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        log::warn!("cache: reading the vector stream failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(RECONNECT_EVERY_MS)).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn load(
+        conn: &mut MultiplexedConnection,
+        index: &Index,
+        last: &mut String,
+    ) -> Result<(), String> {
+        let now = super::super::now_ms();
         loop {
             let start = format!("({last}");
+            let from = if last == "0-0" { "-" } else { start.as_str() };
             let page: StreamRangeReply = conn
-                .xrange_count(
-                    STREAM,
-                    if last == "0-0" { "-" } else { start.as_str() },
-                    "+",
-                    1000,
-                )
+                .xrange_count(STREAM, from, "+", 1000)
                 .await
                 .map_err(err)?;
             if page.ids.is_empty() {
-                return Ok(last);
+                return Ok(());
             }
             for id in &page.ids {
                 if let Some((scope, key, exp, v)) = decode(&id.map) {
@@ -181,32 +312,7 @@ pub mod redis_store {
                         index.insert(scope, key, &v, exp);
                     }
                 }
-                last = id.id.clone();
-            }
-        }
-    }
-
-    /// Follows the stream for vectors other replicas (and this one) add.
-    async fn follow(mut conn: MultiplexedConnection, index: Arc<Index>, mut last: String) {
-        let opts = StreamReadOptions::default().block(1000).count(500);
-        loop {
-            let reply: Result<StreamReadReply, _> =
-                conn.xread_options(&[STREAM], &[last.as_str()], &opts).await;
-            match reply {
-                Ok(r) => {
-                    for key in r.keys {
-                        for id in key.ids {
-                            if let Some((scope, k, exp, v)) = decode(&id.map) {
-                                index.insert(scope, k, &v, exp);
-                            }
-                            last = id.id;
-                        }
-                    }
-                }
-                Err(e) => {
-                    log::warn!("cache: reading the vector stream failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                }
+                *last = id.id.clone();
             }
         }
     }
@@ -214,26 +320,24 @@ pub mod redis_store {
     #[async_trait]
     impl Store for RedisStore {
         async fn get(&self, namespace: &str, key: u128, now_ms: u64) -> Option<Arc<Entry>> {
-            let mut conn = self.conn.clone();
             let name = entry_key(namespace, key);
             let got = self
-                .runtime
-                .spawn(async move { conn.get::<_, Option<String>>(name).await })
+                .call(DEADLINE, |mut c| async move {
+                    c.get::<_, Option<String>>(name).await
+                })
                 .await;
             let text = match got {
-                Ok(Ok(t)) => t?,
-                Ok(Err(e)) => {
+                Ok(t) => t?,
+                Err(e) => {
                     log::warn!("cache: redis read failed: {e}");
                     return None;
                 }
-                Err(_) => return None,
             };
             let e: Entry = serde_json::from_str(&text).ok()?;
             (e.expires_ms > now_ms).then(|| Arc::new(e))
         }
 
         async fn put(&self, key: u128, entry: Arc<Entry>, vector: Option<(u128, Vec<f32>)>) {
-            let mut conn = self.conn.clone();
             let name = entry_key(&entry.namespace, key);
             let ttl_ms = entry
                 .expires_ms
@@ -245,9 +349,8 @@ pub mod redis_store {
             let max = self.max_vectors;
             let expires = entry.expires_ms;
             let done = self
-                .runtime
-                .spawn(async move {
-                    let _: () = conn.pset_ex(&name, text, ttl_ms).await?;
+                .call(DEADLINE * 4, |mut c| async move {
+                    let _: () = c.pset_ex(&name, text, ttl_ms).await?;
                     if let Some((scope, v)) = vector {
                         let raw: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
                         let _: String = redis::cmd("XADD")
@@ -264,13 +367,13 @@ pub mod redis_store {
                             .arg(expires)
                             .arg("v")
                             .arg(raw)
-                            .query_async(&mut conn)
+                            .query_async(&mut c)
                             .await?;
                     }
-                    Ok::<(), redis::RedisError>(())
+                    Ok(())
                 })
                 .await;
-            if let Ok(Err(e)) = done {
+            if let Err(e) = done {
                 log::warn!("cache: redis write failed: {e}");
             }
         }
@@ -289,13 +392,10 @@ pub mod redis_store {
             };
             let n = self.delete_matching(pattern).await?;
             if namespace.is_none() {
-                let mut conn = self.conn.clone();
-                let _: Result<(), String> = self
-                    .runtime
-                    .spawn(async move { conn.del::<_, ()>(STREAM).await.map_err(err) })
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r);
+                self.call(ADMIN_DEADLINE, |mut c| async move {
+                    c.del::<_, ()>(STREAM).await
+                })
+                .await?;
             }
             Ok(n)
         }
@@ -303,32 +403,28 @@ pub mod redis_store {
 
     impl RedisStore {
         async fn delete_matching(&self, pattern: String) -> Result<u64, String> {
-            let mut conn = self.conn.clone();
-            self.runtime
-                .spawn(async move {
-                    let mut cursor: u64 = 0;
-                    let mut n = 0u64;
-                    loop {
-                        let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(&pattern)
-                            .arg("COUNT")
-                            .arg(1000)
-                            .query_async(&mut conn)
-                            .await
-                            .map_err(err)?;
-                        if !names.is_empty() {
-                            n += conn.del::<_, u64>(names).await.map_err(err)?;
-                        }
-                        if next == 0 {
-                            return Ok(n);
-                        }
-                        cursor = next;
+            self.call(ADMIN_DEADLINE, |mut conn| async move {
+                let mut cursor: u64 = 0;
+                let mut n = 0u64;
+                loop {
+                    let (next, names): (u64, Vec<String>) = redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .query_async(&mut conn)
+                        .await?;
+                    if !names.is_empty() {
+                        n += conn.del::<_, u64>(names).await?;
                     }
-                })
-                .await
-                .map_err(|e| e.to_string())?
+                    if next == 0 {
+                        return Ok(n);
+                    }
+                    cursor = next;
+                }
+            })
+            .await
         }
     }
 }
@@ -343,6 +439,7 @@ mod tests {
             body: "x".repeat(body_len),
             provider: "p".into(),
             model: "m".into(),
+            target: "p/m".into(),
             usage: Usage::default(),
             namespace: ns.into(),
             created_ms: 0,

@@ -16,7 +16,7 @@ mod exchange;
 
 use crate::api::{ClientRequest, Endpoint};
 use crate::cache::key::Scope;
-use crate::cache::{Cache, EmbedUse, Hit, Layer, Lookup, Mode};
+use crate::cache::{Cache, Control, EmbedUse, Hit, Layer, Lookup, Mode};
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
 use crate::governance::keys::KeyEntry;
@@ -280,6 +280,20 @@ fn record(ctx: &Ctx) -> Record {
     r
 }
 
+/// The forwarded headers that change an answer, for the cache key.
+fn answer_headers(h: &http::HeaderMap) -> String {
+    let mut out = String::new();
+    for name in ["anthropic-beta", "anthropic-version", "openai-beta"] {
+        for v in h.get_all(name) {
+            out.push_str(name);
+            out.push('=');
+            out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// The weighted roll: random, or fixed by the `x-tollgate-session` header so that one
 /// conversation stays on one target.
 fn roll(session: &Session) -> f64 {
@@ -532,24 +546,58 @@ impl Gateway {
             if ctl.mode != Mode::Off && !plan.is_empty() {
                 let partition = cache.partition(ctx.key.as_deref());
                 // Aliases of one catalog model share entries; a rule's depend on the name asked.
-                let model = match &route.rule {
-                    Some(rule) => format!("rule:{rule}:{}", request.model),
-                    None => route.targets[plan[0]].id.clone(),
+                let model = match (&route.rule, route.targets.first()) {
+                    (Some(rule), _) => format!("rule:{rule}:{}", request.model),
+                    (None, Some(t)) => t.id.clone(),
+                    (None, None) => request.model.clone(),
                 };
+                let variant = answer_headers(&session.req_header().headers);
                 let scope = Scope {
                     partition: &partition,
                     namespace: &ctl.namespace,
                     endpoint,
                     model: &model,
+                    variant: &variant,
                 };
                 let body = request.body().clone();
+                let accept = route.primary_ids();
                 let found = cache
-                    .lookup(&ctl, &scope, &body, request.stream, &live.providers)
+                    .lookup(
+                        &ctl,
+                        &scope,
+                        &body,
+                        request.stream,
+                        &accept,
+                        &live.providers,
+                    )
                     .await;
-                match found {
+                let found = match found {
                     Lookup::Hit(hit) => {
-                        return self.serve_hit(session, ctx, &request, hit, model).await;
+                        match self.serve_hit(session, ctx, &request, hit, &model).await? {
+                            true => return Ok(Ok(Next::Done)),
+                            // An entry that cannot be replayed is a miss, and is replaced.
+                            false => {
+                                cache
+                                    .lookup(
+                                        &Control {
+                                            mode: Mode::Exact,
+                                            max_age: Some(Duration::ZERO),
+                                            ..ctl.clone()
+                                        },
+                                        &scope,
+                                        &body,
+                                        request.stream,
+                                        &accept,
+                                        &live.providers,
+                                    )
+                                    .await
+                            }
+                        }
                     }
+                    other => other,
+                };
+                match found {
+                    Lookup::Hit(_) => {}
                     Lookup::Miss(f, embedding) => {
                         fill = f;
                         ctx.cache = Some(CacheNote {
@@ -588,6 +636,8 @@ impl Gateway {
                     admission = Some((Arc::clone(gov), a));
                 }
                 Err(r) => {
+                    // Refused, not a cache miss.
+                    ctx.cache = None;
                     ctx.refusal_headers = r.headers;
                     return Ok(Err(self.refused(ctx, r.error)));
                 }
@@ -620,6 +670,11 @@ impl Gateway {
                 .headers
                 .push(("x-tollgate-cache".into(), "miss".into()));
         }
+        if let Some(f) = &fill {
+            exchange
+                .headers
+                .push(("x-tollgate-cache-key".into(), f.id()));
+        }
         exchange.fill = fill;
         exchange.admission = admission;
         ctx.outcome = Some(exchange.outcome.clone());
@@ -634,27 +689,23 @@ impl Gateway {
         Ok(Ok(Next::Proxy))
     }
 
-    /// Answers from a cache entry, in the form the client asked for.
+    /// Answers from a cache entry, in the form the client asked for; false (nothing written)
+    /// if the entry cannot be replayed.
     async fn serve_hit(
         &self,
         session: &mut Session,
         ctx: &mut Ctx,
         request: &ClientRequest,
         hit: Hit,
-        model: String,
-    ) -> Result<std::result::Result<Next, ApiError>> {
+        model: &str,
+    ) -> Result<bool> {
         let Some(body) = crate::cache::entry::replay(
             &hit.entry,
             request.endpoint,
             request.stream,
             request.wants_usage,
         ) else {
-            return Ok(Err(ApiError::new(
-                500,
-                "server_error",
-                "cache_entry_unreadable",
-                "A cache entry could not be replayed.",
-            )));
+            return Ok(false);
         };
         let status = match hit.layer {
             Layer::Exact => "hit-exact",
@@ -666,6 +717,7 @@ impl Gateway {
             ("x-tollgate-cache", status),
             ("x-tollgate-cache-key", id.as_str()),
             ("x-tollgate-provider", hit.entry.provider.as_str()),
+            ("x-tollgate-model", hit.entry.target.as_str()),
         ];
         if let Some(s) = &similarity {
             extra.push(("x-tollgate-cache-similarity", s));
@@ -678,9 +730,9 @@ impl Gateway {
         ctx.cache = Some(CacheNote {
             embedding: hit.embedding.clone(),
             hit: Some(hit),
-            model,
+            model: model.to_string(),
         });
-        Ok(Ok(Next::Done))
+        Ok(true)
     }
 
     /// Counts a refusal in the metrics and passes it on.
@@ -1502,7 +1554,10 @@ impl ProxyHttp for Gateway {
                 if ex.answered_ok && o.error.is_none() && o.status.is_none() {
                     let provider = o.provider.clone().unwrap_or_default();
                     let model = o.upstream_model.clone().unwrap_or_default();
-                    fill.store(o.usage.unwrap_or_default(), &provider, &model);
+                    let usage = o.usage.unwrap_or_default();
+                    drop(o);
+                    let target = ex.target().map(|(t, _)| t.id.clone()).unwrap_or_default();
+                    fill.store(usage, &provider, &model, &target);
                 }
             }
             ex.settle();

@@ -16,6 +16,7 @@ pub struct MiniLm {
     model: BertModel,
     tokenizer: Tokenizer,
     dims: usize,
+    unk: Option<u32>,
 }
 
 impl MiniLm {
@@ -46,10 +47,12 @@ impl MiniLm {
             }))
             .map_err(|e| format!("{}: {e}", tpath.display()))?;
 
+        let unk = tokenizer.token_to_id("[UNK]");
         Ok(Self {
             model,
             tokenizer,
             dims,
+            unk,
         })
     }
 
@@ -75,6 +78,22 @@ impl MiniLm {
 impl Embed for MiniLm {
     fn dims(&self) -> usize {
         self.dims
+    }
+
+    /// Fits the window, and at least half of its word pieces are in the vocabulary.
+    fn comparable(&self, text: &str) -> bool {
+        if text.len() > super::MAX_COMPARABLE_BYTES {
+            return false;
+        }
+        let Ok(enc) = self.tokenizer.encode_fast(text, false) else {
+            return false;
+        };
+        let ids = enc.get_ids();
+        let unknown = ids.iter().filter(|&&id| Some(id) == self.unk).count();
+        enc.get_overflowing().is_empty()
+            && ids.len() <= MAX_TOKENS - 2
+            && !ids.is_empty()
+            && unknown * 2 < ids.len()
     }
 
     fn embed(&self, text: &str) -> Result<Vec<f32>, String> {

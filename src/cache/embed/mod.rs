@@ -8,7 +8,14 @@ pub mod static_model;
 pub trait Embed: Send + Sync {
     fn dims(&self) -> usize;
     fn embed(&self, text: &str) -> Result<Vec<f32>, String>;
+    /// Whether the model sees all of `text` (it is not cut at the model's window) and knows
+    /// most of it. Texts that differ only past the window, or only in tokens the model does not
+    /// know, would embed alike: the cache compares only comparable texts.
+    fn comparable(&self, text: &str) -> bool;
 }
+
+/// Longer texts are never compared by meaning (and never tokenized on the request path).
+pub const MAX_COMPARABLE_BYTES: usize = 16 * 1024;
 
 /// Scales `v` to unit length (a zero vector stays zero).
 pub fn normalize(v: &mut [f32]) {

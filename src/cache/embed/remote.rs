@@ -6,7 +6,8 @@ use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// A slow embedder delays semantic requests by at most this; then they go on exact-only.
+const TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
 struct Answer {

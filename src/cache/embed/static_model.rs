@@ -187,6 +187,15 @@ impl Embed for StaticModel {
         self.dims
     }
 
+    fn comparable(&self, text: &str) -> bool {
+        if text.len() > super::MAX_COMPARABLE_BYTES {
+            return false;
+        }
+        self.tokenizer
+            .encode_fast(text, false)
+            .is_ok_and(|e| !e.get_ids().is_empty() && e.get_ids().len() <= MAX_TOKENS)
+    }
+
     /// An empty text (no tokens) gives the zero vector.
     fn embed(&self, text: &str) -> Result<Vec<f32>, String> {
         let ids = match self.ascii_ids(text) {
