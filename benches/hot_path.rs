@@ -1,6 +1,8 @@
 //! The per-request work of the gateway, without network: body parse plus route decision and
 //! upstream body, OpenAI/Anthropic translation both ways, SSE usage extraction per chunk, a
-//! rules reload, and governance's admission check (every level, embedded state).
+//! rules reload, governance's admission check (every level, embedded state), and the cache:
+//! an exact hit replayed whole and as a stream, and a semantic lookup (static embedder plus
+//! search) in one scope of 100,000 entries.
 //! Run: `cargo bench --bench hot_path`.
 
 use bytes::Bytes;
@@ -160,5 +162,139 @@ fn admission(c: &mut Criterion) {
     });
 }
 
-criterion_group!(hot_path, benches, translation, admission);
+/// A realistic chat request: a system prompt and a few turns, about 1.5 KB.
+fn chat_body(question: &str) -> Vec<u8> {
+    let system = "You are the support assistant of a retail bank. Answer briefly and politely, \
+                  never give investment advice, and point to the app's help pages when you can. "
+        .repeat(4);
+    serde_json::to_vec(&serde_json::json!({
+        "model": "gpt-4o-mini",
+        "temperature": 0.2,
+        "max_tokens": 256,
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": "Hi, I have a question about my card."},
+            {"role": "assistant", "content": "Of course. What would you like to know about your card?"},
+            {"role": "user", "content": "I travelled abroad last week and paid in a foreign currency in several shops."},
+            {"role": "assistant", "content": "Thanks. Card payments abroad are converted at the network rate on the day."},
+            {"role": "user", "content": question}
+        ]
+    }))
+    .unwrap_or_default()
+}
+
+fn cache(c: &mut Criterion) {
+    use tollgate::cache::embed::static_model::StaticModel;
+    use tollgate::cache::embed::Embed;
+    use tollgate::cache::index::Index;
+    use tollgate::cache::key::Scope;
+    use tollgate::cache::{entry, Cache, CacheSpec, Lookup};
+    use tollgate::telemetry::Usage;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let spec: CacheSpec = serde_yaml::from_str("mode: exact\n").expect("spec");
+    let cache = rt
+        .block_on(async { Cache::start(&spec, Path::new(".")) })
+        .expect("cache");
+    let ctl = cache.control(&http::HeaderMap::new()).expect("control");
+    let scope = Scope {
+        partition: "team:support",
+        namespace: "default",
+        endpoint: Endpoint::Chat,
+        model: "sim/gpt-4o-mini",
+        variant: "",
+    };
+    let body = chat_body("Why was I charged a fee on those payments?");
+    let answer = br#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Payments in a foreign currency carry a 2.75% non-sterling transaction fee. You can see each fee in the app under Card > Transactions."},"finish_reason":"stop","logprobs":null}],"usage":{"prompt_tokens":310,"completion_tokens":31,"total_tokens":341}}"#;
+    rt.block_on(async {
+        if let Lookup::Miss(Some(mut fill), _) = cache
+            .lookup(&ctl, &scope, &body, false, &["sim/gpt-4o-mini"], &[])
+            .await
+        {
+            fill.capture(answer);
+            fill.store(Usage::default(), "sim", "gpt-4o-mini", "sim/gpt-4o-mini");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    });
+    for (name, stream) in [
+        ("cache_exact_hit", false),
+        ("cache_exact_hit_replay_as_stream", true),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let found = cache
+                        .lookup(
+                            &ctl,
+                            &scope,
+                            black_box(&body),
+                            stream,
+                            &["sim/gpt-4o-mini"],
+                            &[],
+                        )
+                        .await;
+                    match found {
+                        Lookup::Hit(hit) => entry::replay(&hit.entry, Endpoint::Chat, stream, true),
+                        _ => None,
+                    }
+                    .expect("an exact hit")
+                })
+            })
+        });
+    }
+
+    // Semantic: the static embedder and one scope of 100,000 stored questions (Banking77's
+    // questions with numbered variations, embedded by the same model).
+    let dir = std::env::var("TOLLGATE_MODELS").unwrap_or_else(|_| "models".into());
+    let Ok(model) = StaticModel::load(&Path::new(&dir).join("static")) else {
+        eprintln!("models/static missing: run scripts/fetch-models.sh; semantic benches skipped");
+        return;
+    };
+    let texts: Vec<String> =
+        std::fs::read_to_string("../shared/data/paraphrase/banking77_test.csv")
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                l.rsplit_once(',')
+                    .map(|(t, _)| t.trim_matches('"').to_string())
+            })
+            .collect();
+    let texts = if texts.is_empty() {
+        vec!["How do I reset my password?".to_string()]
+    } else {
+        texts
+    };
+    let index = Index::new(model.dims(), 4096, 200_000);
+    for i in 0..100_000usize {
+        let t = format!(
+            "{} (case {} of {})",
+            texts[i % texts.len()],
+            i / texts.len(),
+            i % 97
+        );
+        if let Ok(v) = model.embed(&t) {
+            index.insert(1, i as u128, &v, u64::MAX);
+        }
+    }
+    let query = "Why was I charged a fee on card payments abroad?";
+    let v = model.embed(query).expect("embed");
+    c.bench_function("cache_semantic_embed_static", |b| {
+        b.iter(|| model.embed(black_box(query)).expect("embed"))
+    });
+    c.bench_function("cache_semantic_search_100k", |b| {
+        b.iter(|| index.search(1, black_box(&v), 4))
+    });
+    c.bench_function("cache_semantic_lookup_100k", |b| {
+        b.iter(|| {
+            let v = model.embed(black_box(query)).expect("embed");
+            index.search(1, &v, 4)
+        })
+    });
+}
+
+criterion_group!(hot_path, benches, translation, admission, cache);
 criterion_main!(hot_path);

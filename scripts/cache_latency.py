@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """End-to-end cache latency through the gateway: an exact hit, a semantic hit (static
-embedder) and a miss to the zero-delay simulator, measured in one run on keep-alive
-connections, one request at a time. Prints a markdown table with p50/p99 and ratios to the miss.
+embedder) and a miss to the zero-delay simulator, measured in one run on one keep-alive
+connection, one request at a time, the rows interleaved. Prints a markdown table with p50/p99
+and ratios to the miss.
 
   .venv/bin/python scripts/cache_latency.py [--n 2000]
 
@@ -90,16 +91,19 @@ def main() -> None:
             "semantic hit": lambda i: call("how do i reset my password",
                                            {"x-tollgate-cache": "semantic"}),
         }
-        results = {}
-        for name, fn in runs.items():
+        for fn in runs.values():
             for i in range(100):
                 fn(-i - 1)
-            times, statuses = [], set()
-            for i in range(args.n):
+        # Interleaved, so that drift in the machine's load hits every row alike.
+        times = {name: [] for name in runs}
+        statuses = {name: set() for name in runs}
+        for i in range(args.n):
+            for name, fn in runs.items():
                 t, status = fn(i)
-                times.append(t)
-                statuses.add(status)
-            results[name] = (percentile(times, 0.5), percentile(times, 0.99), statuses)
+                times[name].append(t)
+                statuses[name].add(status)
+        results = {name: (percentile(times[name], 0.5), percentile(times[name], 0.99),
+                          statuses[name]) for name in runs}
         base = results["miss (new question each time)"][0]
         print(f"n={args.n} per row, one connection, zero-delay simulator\n")
         print("| request | p50 µs | p99 µs | p50 / miss p50 | x-tollgate-cache |")
