@@ -184,6 +184,7 @@ fn chat_body(question: &str) -> Vec<u8> {
 }
 
 fn cache(c: &mut Criterion) {
+    use tollgate::cache::embed::minilm::MiniLm;
     use tollgate::cache::embed::static_model::StaticModel;
     use tollgate::cache::embed::Embed;
     use tollgate::cache::index::Index;
@@ -285,6 +286,22 @@ fn cache(c: &mut Criterion) {
     c.bench_function("cache_semantic_embed_static", |b| {
         b.iter(|| model.embed(black_box(query)).expect("embed"))
     });
+    let non_ascii = "Why was I charged a fee on card payments abroad\u{2019}";
+    c.bench_function("cache_semantic_embed_static_non_ascii", |b| {
+        b.iter(|| model.embed(black_box(non_ascii)).expect("embed"))
+    });
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(45);
+    c.bench_function("cache_semantic_embed_static_2kb", |b| {
+        b.iter(|| model.embed(black_box(&long)).expect("embed"))
+    });
+    if let Ok(minilm) = MiniLm::load(&Path::new(&dir).join("minilm")) {
+        let mut group = c.benchmark_group("minilm");
+        group.sample_size(20);
+        group.bench_function("cache_semantic_embed_minilm", |b| {
+            b.iter(|| minilm.embed(black_box(query)).expect("embed"))
+        });
+        group.finish();
+    }
     c.bench_function("cache_semantic_search_100k", |b| {
         b.iter(|| index.search(1, black_box(&v), 4))
     });

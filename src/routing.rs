@@ -39,23 +39,24 @@ pub struct Route {
 }
 
 impl Route {
-    /// The ids of the targets whose answers this route wants now: the weighted ones, or with
-    /// none available, the first of the fallback chain. A cached answer from any other target
-    /// (a fallback that stood in, or a target since removed) is not served.
-    pub fn primary_ids(&self) -> Vec<&str> {
-        let weighted: Vec<&str> = self
-            .weighted
-            .iter()
-            .map(|(i, _)| self.targets[*i].id.as_str())
-            .collect();
-        if !weighted.is_empty() {
-            return weighted;
+    /// The ids of the targets whose answers a request with this `plan` wants: the weighted
+    /// targets the plan kept, or with none of them, the first of the fallback chain if kept, or
+    /// else the plan's first target. A cached answer from any other target (a fallback that stood
+    /// in, a target since removed, one the key may not use) is not served.
+    pub fn accepted_ids(&self, plan: &[usize]) -> Vec<&str> {
+        let id = |i: &usize| self.targets[*i].id.as_str();
+        let kept: Vec<&str> = match self.weighted.is_empty() {
+            false => self.weighted.iter().map(|(i, _)| i).collect::<Vec<_>>(),
+            true => self.fallback.first().into_iter().collect(),
         }
-        self.fallback
-            .first()
-            .map(|i| self.targets[*i].id.as_str())
-            .into_iter()
-            .collect()
+        .into_iter()
+        .filter(|i| plan.contains(i))
+        .map(id)
+        .collect();
+        match kept.is_empty() {
+            true => plan.first().map(id).into_iter().collect(),
+            false => kept,
+        }
     }
 
     /// The order in which targets are tried: one weighted pick first (`roll` in [0, 1)), then the
@@ -686,6 +687,27 @@ models:
     fn chosen(r: &Router, f: &Facts) -> Option<String> {
         r.route(f)
             .map(|route| route.targets[route.plan(0.0)[0]].id.clone())
+    }
+
+    #[test]
+    fn accepted_answers_come_from_the_targets_the_plan_kept() {
+        let r = router(
+            "rules:\n  - name: r\n    match: {model: chat}\n    targets: [{to: sim/big, weight: 1}, {to: sim/small, weight: 1}]\n    fallback: [sim/gpt-4o-mini]\n",
+        )
+        .unwrap();
+        let h = HeaderMap::new();
+        let route = r.route(&facts("chat", &h)).unwrap();
+        let ids = |plan: &[usize]| route.accepted_ids(plan);
+        let idx = |id: &str| route.targets.iter().position(|t| t.id == id).unwrap();
+        let (small, mini) = (idx("sim/small"), idx("sim/gpt-4o-mini"));
+        let mut both = ids(&route.plan(0.0));
+        both.sort();
+        assert_eq!(both, ["sim/big", "sim/small"]);
+        // A key that may not use sim/big accepts only sim/small's answers.
+        assert_eq!(ids(&[small, mini]), ["sim/small"]);
+        // One that may use neither weighted target accepts the fallback it will be sent to.
+        assert_eq!(ids(&[mini]), ["sim/gpt-4o-mini"]);
+        assert!(ids(&[]).is_empty());
     }
 
     #[test]

@@ -196,6 +196,13 @@ def test_a_cut_stream_and_an_error_are_never_cached(cgw, sim):
     settle()
     assert chat(cgw, messages=other).headers["x-tollgate-cache"] == "miss"
     assert upstream_calls(sim) == 4
+    # The gateway's own error, after every attempt failed, still says it was a miss.
+    third = [{"role": "user", "content": "a third question"}]
+    r = chat(cgw, {"x-sim-fault": "500"}, messages=third)
+    assert r.status_code == 500 and r.json()["error"]["code"]
+    assert r.headers["x-tollgate-cache"] == "miss"
+    settle()
+    assert chat(cgw, messages=third).headers["x-tollgate-cache"] == "miss"
 
 
 def test_semantic_layer_with_the_static_embedder(cgw, sim):
@@ -300,7 +307,7 @@ def test_admin_api_clears_by_namespace_and_by_entry(make_gateway, sim):
     admin = f"http://127.0.0.1:{port}/admin/cache"
     auth = {"authorization": f"Bearer {ADMIN_KEY}"}
     a, b = {"x-tollgate-cache-namespace": "a"}, {"x-tollgate-cache-namespace": "b"}
-    key = chat(gw, a).headers["x-tollgate-cache"] and None
+    chat(gw, a)
     chat(gw, b)
     chat(gw)
     settle()
@@ -312,7 +319,9 @@ def test_admin_api_clears_by_namespace_and_by_entry(make_gateway, sim):
     assert r.status_code == 200
     assert chat(gw).headers["x-tollgate-cache"] == "miss"
     assert requests.delete(admin + f"/entries/{key}", timeout=5).status_code == 401
-    assert requests.delete(admin + "/entries/zz", headers=auth, timeout=5).status_code == 400
+    for bad in ["/entries/zz", "/entries/+1", "/entries/" + "0" * 33, "/namespaces/" + "n" * 65]:
+        r = requests.delete(admin + bad, headers=auth, timeout=5)
+        assert r.status_code == 400 and r.json()["error"]["code"].startswith("invalid_"), bad
     settle()
     assert requests.delete(admin, headers=auth, timeout=5).json()["cleared"] >= 2
     assert chat(gw, b).headers["x-tollgate-cache"] == "miss"
@@ -357,6 +366,75 @@ def test_two_gateways_share_exact_and_semantic_entries_through_redis(make_gatewa
     r = chat(three, sem, messages=[{"role": "user", "content": "How do I reset my password"}])
     assert r.headers["x-tollgate-cache"] == "hit-semantic"
     assert upstream_calls(sim) == 1
+
+
+class Blackhole:
+    """A TCP proxy to Redis that can go silent: while `silent`, it drops every byte without
+    closing anything, as a lost link or a stuck middlebox does. Connections made while silent,
+    or before, stay dead; new ones after `silent = False` work."""
+
+    def __init__(self, target_port: int):
+        import socket
+        import threading
+        self.target = target_port
+        self.silent = False
+        self.dead = set()
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen()
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        import socket
+        import threading
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            conn = (client, upstream)
+            for a, b in (conn, conn[::-1]):
+                threading.Thread(target=self.pipe, args=(a, b, conn), daemon=True).start()
+
+    def pipe(self, src, dst, conn):
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if self.silent:
+                self.dead.add(conn)
+            if conn not in self.dead:
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    return
+
+
+def test_a_replica_whose_redis_link_went_silent_catches_up_on_vectors(make_gateway, sim, redis_url):
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    hole = Blackhole(port)
+    one = gateway_on_redis(make_gateway, redis_url)
+    two = gateway_on_redis(make_gateway, f"redis://127.0.0.1:{hole.port}/0")
+    sem = {"x-tollgate-cache": "semantic"}
+    assert chat(two, sem).headers["x-tollgate-cache"] == "miss"
+    time.sleep(1.5)
+    hole.silent = True
+    time.sleep(1.5)  # the replica's blocking read of the vector stream is now lost
+    hole.silent = False
+    question = [{"role": "user", "content": "Can I change the card's PIN at an ATM?"}]
+    assert chat(one, sem, messages=question).headers["x-tollgate-cache"] == "miss"
+    para = [{"role": "user", "content": "can I change the card's PIN at an ATM"}]
+    deadline, status = time.time() + 15, None
+    while time.time() < deadline and status != "hit-semantic":
+        time.sleep(0.5)
+        status = chat(two, {**sem, "x-tollgate-cache-no-store": "true"},
+                      messages=para).headers["x-tollgate-cache"]
+    assert status == "hit-semantic", "the replica's vector feed never came back"
 
 
 def test_remote_embedder_through_a_provider_is_priced(make_gateway, sim):
@@ -419,13 +497,20 @@ def test_check_reports_cache_errors(tmp_path):
 def test_redis_down_or_gone_never_stops_requests_and_caching_resumes(make_gateway, sim, tmp_path):
     import shutil
     import socket
-    port = free_port()
-    gw = make_gateway(extra=cache_section(None, extra=f"  store: redis\n  redis_url: redis://127.0.0.1:{port}/0\n"),
-                      models=MODELS)
+    port, admin_port = free_port(), free_port()
+    gov = f"governance:\n  auth: off\n  store: gov.db\n  admin: {{listen: 127.0.0.1:{admin_port}, key: env:TG_ADMIN}}\n"
+    gw = make_gateway(extra=cache_section(None, extra=f"  store: redis\n  redis_url: redis://127.0.0.1:{port}/0\n") + gov,
+                      models=MODELS, env={"TG_ADMIN": ADMIN_KEY})
     t = time.time()
     r = chat(gw)
     assert r.status_code == 200 and r.headers["x-tollgate-cache"] == "miss"
     assert time.time() - t < 2, "no Redis: answered uncached, at once"
+    # The admin API says the store failed, not that the request was bad.
+    admin = f"http://127.0.0.1:{admin_port}/admin/cache"
+    auth = {"authorization": f"Bearer {ADMIN_KEY}"}
+    for path in ["", "/namespaces/default", "/entries/" + r.headers["x-tollgate-cache-key"]]:
+        r = requests.delete(admin + path, headers=auth, timeout=5)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "store_error", path
     proc = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
                              "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -503,6 +588,31 @@ def test_a_fallback_answer_is_not_served_once_the_route_wants_another_target(mak
     assert chat(gw, model="chat").headers["x-tollgate-cache"] == "miss"
 
 
+def test_a_key_never_gets_an_answer_from_a_target_it_may_not_use(make_gateway, sim):
+    gov = ("governance:\n  auth: required\n  store: gov.db\n  teams: [{id: t}]\n  keys:\n"
+           "    - {id: senior, key: sk-senior, team: t}\n"
+           "    - {id: intern, key: sk-intern, team: t, models: {deny: ['sim/gpt-4o']}}\n")
+    rules = "rules:\n  - name: chat\n    match: {model: chat}\n    targets: [{to: sim/gpt-4o}]\n" \
+            "    fallback: [sim/gpt-4o-mini]\n"
+    gw = make_gateway(models=MODELS, rules=rules, extra=cache_section("static") + gov)
+    senior, intern = {"authorization": "Bearer sk-senior"}, {"authorization": "Bearer sk-intern"}
+    r = chat(gw, senior, model="chat")
+    assert r.headers["x-tollgate-model"] == "sim/gpt-4o" and r.headers["x-tollgate-cache"] == "miss"
+    settle()
+    for mode in ["exact", "semantic"]:
+        r = chat(gw, {**intern, "x-tollgate-cache": mode, "x-tollgate-cache-no-store": "true"},
+                 model="chat")
+        assert r.headers["x-tollgate-cache"] == "miss", mode
+        assert r.headers["x-tollgate-model"] == "sim/gpt-4o-mini", mode
+    # The intern's own answer, from the model it may use, serves the intern.
+    chat(gw, intern, model="chat")
+    settle()
+    r = chat(gw, intern, model="chat")
+    assert r.headers["x-tollgate-cache"] == "hit-exact"
+    assert r.headers["x-tollgate-model"] == "sim/gpt-4o-mini"
+    assert upstream_calls(sim) == 4
+
+
 def test_forwarded_headers_that_change_the_answer_split_the_key(cgw, sim):
     body = {"model": "gpt-4o-mini", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
     url = cgw.url + "/v1/messages"
@@ -544,3 +654,15 @@ def test_check_refuses_zero_sizes_and_ttls(tmp_path):
     r = subprocess.run([str(BIN / "tollgate"), "check", "--config", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 1
     assert "cache.ttl_secs must be greater than 0" in r.stdout and "cache.max_bytes" in r.stdout
+
+
+def test_check_refuses_ttls_past_ten_years(tmp_path):
+    cfg = tmp_path / "gateway.yaml"
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    cfg.write_text(
+        "listen: 127.0.0.1:1\nproviders:\n  sim: {kind: openai, base_url: 'http://127.0.0.1:1/v1'}\n"
+        "models: [{id: sim/m}]\ncache:\n  ttl_secs: 2305843009213693952\n  max_ttl_secs: 10000000000000000\n")
+    r = subprocess.run([str(BIN / "tollgate"), "check", "--config", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "cache.ttl_secs must be at most 315360000" in r.stdout, r.stdout
+    assert "cache.max_ttl_secs must be at most" in r.stdout, r.stdout

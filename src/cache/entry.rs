@@ -380,9 +380,12 @@ fn assemble_openai(endpoint: Endpoint, sse: &[u8], usage: &Usage) -> Option<Valu
             }
             let mut msg = p.message;
             msg.insert("role".into(), json!("assistant"));
-            if !msg.contains_key("content") {
-                let none = p.calls.is_empty() && !msg.contains_key("function_call");
-                msg.insert("content".into(), if none { json!("") } else { Value::Null });
+            // A message of calls only has null content, as a whole answer does, even when its
+            // stream sent empty text.
+            let calls = !p.calls.is_empty() || msg.contains_key("function_call");
+            let text = msg.get("content").and_then(Value::as_str);
+            if text.is_none_or(|t| t.is_empty()) && !msg.get("content").is_some_and(Value::is_array) {
+                msg.insert("content".into(), if calls { Value::Null } else { json!("") });
             }
             if !p.calls.is_empty() {
                 msg.insert("tool_calls".into(), Value::Array(p.calls.into_values().collect()));
@@ -648,6 +651,17 @@ mod tests {
             "{\"x\":1}"
         );
         assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+        // Empty text beside tool calls (as a translated Claude stream sends it) is null too.
+        let calls = concat!(
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"t\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
+            "data: [DONE]\n\n"
+        );
+        let v: Value =
+            serde_json::from_str(&assemble(Endpoint::Chat, calls.as_bytes(), &usage()).unwrap())
+                .unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], Value::Null, "{v}");
+        assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["id"], "t");
     }
 
     #[test]

@@ -121,6 +121,9 @@ fn default_mode() -> Mode {
 fn default_max_bytes() -> u64 {
     256 << 20
 }
+/// The longest TTL a config or request may give (10 years); Redis refuses far larger ones.
+pub const MAX_TTL_SECS: u64 = 10 * 365 * 24 * 3600;
+
 fn default_ttl() -> u64 {
     3600
 }
@@ -252,10 +255,11 @@ pub enum Lookup {
 }
 
 /// A cache header's value; one that is not visible ASCII is refused.
+/// A header's trimmed value; an empty one counts as absent.
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
     match h.get(name).map(|v| v.to_str()) {
         None => Ok(None),
-        Some(Ok(v)) => Ok(Some(v.trim())),
+        Some(Ok(v)) => Ok(Some(v.trim()).filter(|v| !v.is_empty())),
         Some(Err(_)) => Err(bad_header(name, "not plain ASCII")),
     }
 }
@@ -304,7 +308,11 @@ impl Cache {
         };
         let index = semantic.as_ref().map(|s| s.index.clone());
         let store: Arc<dyn Store> = match spec.store {
-            StoreKind::Memory => Arc::new(store::MemoryStore::new(spec.max_bytes, index.clone())),
+            StoreKind::Memory => Arc::new(store::MemoryStore::new(
+                spec.max_bytes,
+                spec.max_entry_bytes as u64,
+                index.clone(),
+            )),
             StoreKind::Redis => {
                 let url = spec
                     .redis_url
@@ -330,8 +338,8 @@ impl Cache {
         }
         Ok(Arc::new(Cache {
             mode: spec.mode,
-            ttl: Duration::from_secs(spec.ttl_secs),
-            max_ttl: Duration::from_secs(spec.max_ttl_secs),
+            ttl: Duration::from_secs(spec.ttl_secs.min(MAX_TTL_SECS)),
+            max_ttl: Duration::from_secs(spec.max_ttl_secs.min(MAX_TTL_SECS)),
             partition: spec.partition,
             max_entry_bytes: spec.max_entry_bytes,
             store,
@@ -360,6 +368,16 @@ impl Cache {
         ] {
             if v == 0 {
                 errors.push(format!("cache.{name} must be greater than 0"));
+            }
+        }
+        for (name, v) in [
+            ("ttl_secs", spec.ttl_secs),
+            ("max_ttl_secs", spec.max_ttl_secs),
+        ] {
+            if v > MAX_TTL_SECS {
+                errors.push(format!(
+                    "cache.{name} must be at most {MAX_TTL_SECS} (10 years), not {v}"
+                ));
             }
         }
         if spec.mode == Mode::Semantic && spec.semantic.is_none() {
@@ -400,7 +418,7 @@ impl Cache {
     /// The request's cache settings from its headers.
     pub fn control(&self, h: &HeaderMap) -> Result<Control, ApiError> {
         let mut mode = match header(h, "x-tollgate-cache")? {
-            None | Some("") => self.mode,
+            None => self.mode,
             Some(v) => match v.to_ascii_lowercase().as_str() {
                 "off" | "none" => Mode::Off,
                 "exact" => Mode::Exact,
@@ -443,20 +461,30 @@ impl Cache {
                 _ => return Err(bad_header("x-tollgate-cache-no-store", "true or false")),
             },
         };
-        // HTTP's directives: `no-store` writes nothing; `no-cache` and `max-age=0` read nothing.
+        // HTTP's directives: `no-store` writes nothing; `no-cache` reads nothing; `max-age=N`
+        // accepts only entries stored in the last N seconds.
         let mut max_age = ttl_header;
         let directives = header(h, "cache-control")?
             .unwrap_or("")
             .to_ascii_lowercase();
         for d in directives.split(',').map(str::trim) {
-            match d {
-                "no-store" => no_store = true,
-                "no-cache" | "max-age=0" => max_age = Some(Duration::ZERO),
-                _ => {}
-            }
+            let (name, value) = d.split_once('=').unwrap_or((d, ""));
+            let age = match (name.trim(), value.trim().trim_matches('"')) {
+                ("no-store", _) => {
+                    no_store = true;
+                    continue;
+                }
+                ("no-cache", _) => Duration::ZERO,
+                // Too many digits for u64 is a very old entry allowed: no limit at all.
+                ("max-age", v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
+                    Duration::from_secs(v.parse().unwrap_or(u64::MAX).min(MAX_TTL_SECS))
+                }
+                _ => continue,
+            };
+            max_age = Some(max_age.map_or(age, |m| m.min(age)));
         }
         let namespace = match header(h, "x-tollgate-cache-namespace")? {
-            None | Some("") => "default".to_string(),
+            None => "default".to_string(),
             Some(v) if valid_namespace(v) => v.to_string(),
             Some(_) => {
                 return Err(bad_header(
@@ -641,11 +669,16 @@ impl Cache {
         self.store.clear(namespace).await
     }
 
-    /// Removes one entry by its id (the `x-tollgate-cache-key` header); for the admin API.
-    pub async fn remove(&self, id: &str) -> Result<bool, String> {
-        let key = u128::from_str_radix(id, 16).map_err(|_| format!("`{id}` is not an entry id"))?;
+    /// Removes one entry (see `entry_id`); for the admin API.
+    pub async fn remove(&self, key: u128) -> Result<bool, String> {
         self.store.remove(key).await
     }
+}
+
+/// The key an entry id (the `x-tollgate-cache-key` header: hex digits) names.
+pub fn entry_id(id: &str) -> Option<u128> {
+    let hex = !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    hex.then(|| u128::from_str_radix(id, 16).ok()).flatten()
 }
 
 pub fn valid_namespace(v: &str) -> bool {
@@ -714,7 +747,7 @@ impl Fill {
                 usage,
                 namespace,
                 created_ms: now,
-                expires_ms: now.saturating_add(ttl.as_millis() as u64),
+                expires_ms: now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
             });
             // A static embedder (microseconds) gives exact-mode answers their vector too, here,
             // after the answer; slower or paid ones embed only for semantic requests.
@@ -774,6 +807,30 @@ mod tests {
             Mode::Exact,
             "no semantic layer configured"
         );
+        // Empty values are the defaults; HTTP's directives, spelled loosely, are honoured.
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-tollgate-cache",
+            "x-tollgate-cache-ttl",
+            "x-tollgate-cache-no-store",
+        ] {
+            h.insert(name, "".parse().unwrap());
+        }
+        let d = c.control(&h).unwrap();
+        assert_eq!((d.mode, d.max_age, d.no_store), (Mode::Exact, None, false));
+        for (cc, age) in [
+            ("max-age = 0", Some(0)),
+            ("max-age=00", Some(0)),
+            ("public, MAX-AGE=120", Some(120)),
+            ("max-age=\"30\", no-cache", Some(0)),
+            ("max-age=99999999999999999999999", Some(MAX_TTL_SECS)),
+            ("max-age=-1, max-age=x", None),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("cache-control", cc.parse().unwrap());
+            let got = c.control(&h).unwrap().max_age;
+            assert_eq!(got, age.map(Duration::from_secs), "{cc}");
+        }
         for (name, bad) in [
             ("x-tollgate-cache", "maybe"),
             ("x-tollgate-cache-ttl", "-1"),

@@ -6,7 +6,7 @@ use super::entry::Entry;
 use super::index::Index;
 use async_trait::async_trait;
 use quick_cache::sync::Cache as Quick;
-use quick_cache::Weighter;
+use quick_cache::{OptionsBuilder, Weighter};
 use std::sync::Arc;
 
 #[async_trait]
@@ -36,12 +36,23 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    pub fn new(max_bytes: u64, index: Option<Arc<Index>>) -> MemoryStore {
+    /// `max_entry_bytes` sets the shard count: quick_cache splits `max_bytes` evenly across its
+    /// shards and refuses an entry larger than most of one, so each shard holds at least two of
+    /// the largest entries allowed.
+    pub fn new(max_bytes: u64, max_entry_bytes: u64, index: Option<Arc<Index>>) -> MemoryStore {
         let items = (max_bytes / 4096).clamp(64, 1 << 22) as usize;
-        MemoryStore {
-            entries: Quick::with_weighter(items, max_bytes, ByBytes),
-            index,
-        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let fit = (max_bytes / max_entry_bytes.saturating_mul(2).max(1)).max(1) as usize;
+        // A power of two, or quick_cache rounds it up.
+        let shards = 1usize << fit.min(cpus * 4).ilog2();
+        let entries = OptionsBuilder::new()
+            .estimated_items_capacity(items)
+            .weight_capacity(max_bytes)
+            .shards(shards)
+            .build()
+            .map(|o| Quick::with_options(o, ByBytes, Default::default(), Default::default()))
+            .unwrap_or_else(|_| Quick::with_weighter(items, max_bytes, ByBytes));
+        MemoryStore { entries, index }
     }
 }
 
@@ -104,6 +115,9 @@ pub mod redis_store {
     /// Admin calls (SCAN over many keys) may take longer.
     const ADMIN_DEADLINE: Duration = Duration::from_secs(30);
     const RECONNECT_EVERY_MS: u64 = 1000;
+    /// The vector feed's blocking read, and how long it waits for any answer from Redis.
+    const BLOCK_MS: usize = 1000;
+    const FEED_DEADLINE: Duration = Duration::from_millis(BLOCK_MS as u64 + 2000);
 
     pub struct RedisStore {
         client: redis::Client,
@@ -248,9 +262,10 @@ pub mod redis_store {
         let mut last = "0-0".to_string();
         let mut loaded = false;
         loop {
-            let mut conn = match client.get_multiplexed_async_connection().await {
-                Ok(c) => c,
-                Err(_) => {
+            let connect = client.get_multiplexed_async_connection();
+            let mut conn = match tokio::time::timeout(DEADLINE * 4, connect).await {
+                Ok(Ok(c)) => c,
+                _ => {
                     tokio::time::sleep(Duration::from_millis(RECONNECT_EVERY_MS)).await;
                     continue;
                 }
@@ -265,10 +280,16 @@ pub mod redis_store {
                     }
                 }
             }
-            let opts = StreamReadOptions::default().block(1000).count(500);
+            let opts = StreamReadOptions::default().block(BLOCK_MS).count(500);
             loop {
-                let reply: Result<StreamReadReply, _> =
-                    conn.xread_options(&[STREAM], &[last.as_str()], &opts).await;
+                // A connection that goes silent (a dropped link, a stuck proxy) is replaced.
+                let ids = [last.as_str()];
+                let read = conn.xread_options(&[STREAM], &ids, &opts);
+                let reply: Result<StreamReadReply, String> =
+                    match tokio::time::timeout(FEED_DEADLINE, read).await {
+                        Ok(r) => r.map_err(err),
+                        Err(_) => Err("no answer in time".into()),
+                    };
                 match reply {
                     Ok(r) => {
                         for key in r.keys {
@@ -299,10 +320,11 @@ pub mod redis_store {
         loop {
             let start = format!("({last}");
             let from = if last == "0-0" { "-" } else { start.as_str() };
-            let page: StreamRangeReply = conn
-                .xrange_count(STREAM, from, "+", 1000)
-                .await
-                .map_err(err)?;
+            let page: StreamRangeReply =
+                tokio::time::timeout(FEED_DEADLINE, conn.xrange_count(STREAM, from, "+", 1000))
+                    .await
+                    .map_err(|_| "no answer in time".to_string())?
+                    .map_err(err)?;
             if page.ids.is_empty() {
                 return Ok(());
             }
@@ -449,7 +471,7 @@ mod tests {
 
     #[tokio::test]
     async fn entries_expire_and_bytes_bound_the_store() {
-        let s = MemoryStore::new(100_000, None);
+        let s = MemoryStore::new(100_000, 10_000, None);
         s.put(1, entry("a", 10, 1000), None).await;
         assert!(s.get("a", 1, 999).await.is_some());
         assert!(s.get("a", 1, 1000).await.is_none(), "expired");
@@ -461,8 +483,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_largest_entry_allowed_is_stored_whatever_the_cpu_count() {
+        // By default quick_cache would cut 2 MiB into 4 × CPUs shards, too small for 600 KB.
+        let s = MemoryStore::new(2 << 20, 1 << 20, None);
+        s.put(1, entry("a", 600_000, u64::MAX), None).await;
+        assert!(s.get("a", 1, 0).await.is_some());
+        let s = MemoryStore::new(256 << 20, 4 << 20, None);
+        s.put(2, entry("a", 4 << 20, u64::MAX), None).await;
+        assert!(s.get("a", 2, 0).await.is_some());
+    }
+
+    #[tokio::test]
     async fn clearing_a_namespace_leaves_the_others() {
-        let s = MemoryStore::new(1 << 20, None);
+        let s = MemoryStore::new(1 << 20, 1 << 16, None);
         s.put(1, entry("a", 1, u64::MAX), None).await;
         s.put(2, entry("b", 1, u64::MAX), None).await;
         assert_eq!(s.clear(Some("a")).await.unwrap(), 1);

@@ -274,10 +274,24 @@ impl Admin {
                             Err(e) => error(500, "store_error", e),
                         }
                     }
-                    ["entries", id] => match cache.remove(id).await {
-                        Ok(true) => answer(200, json!({"deleted": id})),
-                        Ok(false) => error(404, "not_found", format!("No cache entry `{id}`.")),
-                        Err(e) => error(400, "invalid_entry", e),
+                    ["namespaces", ns] => error(
+                        400,
+                        "invalid_namespace",
+                        format!(
+                            "`{ns}` is not a namespace: 1 to 64 letters, digits, '.', '_' or '-'."
+                        ),
+                    ),
+                    ["entries", id] => match crate::cache::entry_id(id) {
+                        None => error(
+                            400,
+                            "invalid_entry",
+                            format!("`{id}` is not an entry id (up to 32 hex digits)."),
+                        ),
+                        Some(key) => match cache.remove(key).await {
+                            Ok(true) => answer(200, json!({"deleted": id})),
+                            Ok(false) => error(404, "not_found", format!("No cache entry `{id}`.")),
+                            Err(e) => error(500, "store_error", e),
+                        },
                     },
                     _ => error(404, "not_found", format!("Unknown path {path}.")),
                 }

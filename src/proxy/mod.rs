@@ -560,7 +560,7 @@ impl Gateway {
                     variant: &variant,
                 };
                 let body = request.body().clone();
-                let accept = route.primary_ids();
+                let accept = route.accepted_ids(&plan);
                 let found = cache
                     .lookup(
                         &ctl,
@@ -1605,7 +1605,17 @@ impl ProxyHttp for Gateway {
                 // Pingora does not reuse a client connection after a failed upstream exchange:
                 // say so in the answer.
                 session.set_keepalive(None);
-                let mut extra = Vec::new();
+                // The exchange's own headers (rate limits, cache status) go with the error too.
+                let mut extra: Vec<(&str, &str)> = ctx
+                    .exchange
+                    .as_deref()
+                    .map(|ex| {
+                        ex.headers
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), v.as_str()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 let retry_after = ctx
                     .exchange
                     .as_deref()

@@ -114,7 +114,6 @@ impl Embed for MiniLm {
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use std::time::Instant;
 
     fn model() -> MiniLm {
         let base = std::env::var("TOLLGATE_MODELS")
@@ -200,27 +199,5 @@ mod tests {
         for h in handles {
             close(&h.join().unwrap(), &want);
         }
-    }
-
-    // Timing, printed only: cargo test --release --lib minilm::tests::timing -- --nocapture
-    #[test]
-    fn timing() {
-        let m = model();
-        let text = "How can I change my password?";
-        for _ in 0..10 {
-            m.embed(text).unwrap();
-        }
-        let n = 100;
-        let t = Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(m.embed(std::hint::black_box(text)).unwrap());
-        }
-        println!("minilm: {:?} per short sentence", t.elapsed() / n);
-        let long = "The quick brown fox jumps over the lazy dog. ".repeat(50);
-        let t = Instant::now();
-        for _ in 0..5 {
-            std::hint::black_box(m.embed(&long).unwrap());
-        }
-        println!("minilm: {:?} per 256-token text", t.elapsed() / 5);
     }
 }

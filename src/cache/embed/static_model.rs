@@ -275,7 +275,6 @@ fn f32s(data: &[u8]) -> Vec<f32> {
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use std::time::Instant;
 
     fn model() -> StaticModel {
         let base = std::env::var("TOLLGATE_MODELS")
@@ -416,39 +415,5 @@ mod tests {
             let v = m.embed(t).unwrap();
             assert!((dot(&v, &v) - 1.0).abs() < 1e-5);
         }
-    }
-
-    // Timing, printed only: cargo test --release --lib static_model::tests::timing -- --nocapture
-    #[test]
-    fn timing() {
-        let m = model();
-        let text = "How can I change my password?";
-        for _ in 0..100 {
-            m.embed(text).unwrap();
-        }
-        let n = 2000;
-        let t = Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(m.embed(std::hint::black_box(text)).unwrap());
-        }
-        println!("static model: {:?} per short sentence", t.elapsed() / n);
-        let slow = "How can I change my password\u{2019}";
-        let t = Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(m.embed(std::hint::black_box(slow)).unwrap());
-        }
-        println!(
-            "static model: {:?} per short non-ASCII sentence",
-            t.elapsed() / n
-        );
-        let long = "The quick brown fox jumps over the lazy dog. ".repeat(50);
-        let t = Instant::now();
-        for _ in 0..100 {
-            std::hint::black_box(m.embed(&long).unwrap());
-        }
-        println!(
-            "static model: {:?} per 2.2 KB ASCII text",
-            t.elapsed() / 100
-        );
     }
 }
