@@ -45,17 +45,20 @@ impl Route {
     /// in, a target since removed, one the key may not use) is not served.
     pub fn accepted_ids(&self, plan: &[usize]) -> Vec<&str> {
         let id = |i: &usize| self.targets[*i].id.as_str();
-        let kept: Vec<&str> = match self.weighted.is_empty() {
-            false => self.weighted.iter().map(|(i, _)| i).collect::<Vec<_>>(),
-            true => self.fallback.first().into_iter().collect(),
-        }
-        .into_iter()
-        .filter(|i| plan.contains(i))
-        .map(id)
-        .collect();
-        match kept.is_empty() {
-            true => plan.first().map(id).into_iter().collect(),
-            false => kept,
+        let primary: Vec<usize> = if self.weighted.is_empty() {
+            self.fallback.first().copied().into_iter().collect()
+        } else {
+            self.weighted.iter().map(|(i, _)| *i).collect()
+        };
+        let kept: Vec<&str> = primary
+            .iter()
+            .filter(|i| plan.contains(i))
+            .map(id)
+            .collect();
+        if kept.is_empty() {
+            plan.first().map(id).into_iter().collect()
+        } else {
+            kept
         }
     }
 

@@ -645,24 +645,24 @@ def test_cache_control_directives_and_header_values(cgw, sim):
     assert chat(cgw, {"x-tollgate-cache-no-store": "perhaps"}).status_code == 400
 
 
-def test_check_refuses_zero_sizes_and_ttls(tmp_path):
+def check_cache(tmp_path, cache: str) -> str:
+    """`tollgate check` of a config with this cache section; must fail; its report."""
     cfg = tmp_path / "gateway.yaml"
     (tmp_path / "rules.yaml").write_text("rules: []\n")
     cfg.write_text(
         "listen: 127.0.0.1:1\nproviders:\n  sim: {kind: openai, base_url: 'http://127.0.0.1:1/v1'}\n"
-        "models: [{id: sim/m}]\ncache:\n  ttl_secs: 0\n  max_bytes: 0\n")
+        "models: [{id: sim/m}]\ncache:\n" + cache)
     r = subprocess.run([str(BIN / "tollgate"), "check", "--config", str(cfg)], capture_output=True, text=True)
     assert r.returncode == 1
-    assert "cache.ttl_secs must be greater than 0" in r.stdout and "cache.max_bytes" in r.stdout
+    return r.stdout
+
+
+def test_check_refuses_zero_sizes_and_ttls(tmp_path):
+    out = check_cache(tmp_path, "  ttl_secs: 0\n  max_bytes: 0\n")
+    assert "cache.ttl_secs must be greater than 0" in out and "cache.max_bytes" in out
 
 
 def test_check_refuses_ttls_past_ten_years(tmp_path):
-    cfg = tmp_path / "gateway.yaml"
-    (tmp_path / "rules.yaml").write_text("rules: []\n")
-    cfg.write_text(
-        "listen: 127.0.0.1:1\nproviders:\n  sim: {kind: openai, base_url: 'http://127.0.0.1:1/v1'}\n"
-        "models: [{id: sim/m}]\ncache:\n  ttl_secs: 2305843009213693952\n  max_ttl_secs: 10000000000000000\n")
-    r = subprocess.run([str(BIN / "tollgate"), "check", "--config", str(cfg)], capture_output=True, text=True)
-    assert r.returncode == 1
-    assert "cache.ttl_secs must be at most 315360000" in r.stdout, r.stdout
-    assert "cache.max_ttl_secs must be at most" in r.stdout, r.stdout
+    out = check_cache(tmp_path, "  ttl_secs: 2305843009213693952\n  max_ttl_secs: 10000000000000000\n")
+    assert "cache.ttl_secs must be at most 315360000" in out, out
+    assert "cache.max_ttl_secs must be at most" in out, out

@@ -618,6 +618,10 @@ mod tests {
         assert_eq!(back["usage"]["output_tokens"], 9);
     }
 
+    fn assemble_chat(sse: &str) -> Value {
+        serde_json::from_str(&assemble(Endpoint::Chat, sse.as_bytes(), &usage()).unwrap()).unwrap()
+    }
+
     #[test]
     fn every_message_field_survives_both_ways() {
         let answer = json!({
@@ -643,9 +647,7 @@ mod tests {
             "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"function_call\":{\"arguments\":\"\\\":1}\"},\"reasoning_content\":\"b\"},\"finish_reason\":\"function_call\"}]}\n\n",
             "data: [DONE]\n\n"
         );
-        let v: Value =
-            serde_json::from_str(&assemble(Endpoint::Chat, frags.as_bytes(), &usage()).unwrap())
-                .unwrap();
+        let v = assemble_chat(frags);
         assert_eq!(
             v["choices"][0]["message"]["function_call"]["arguments"],
             "{\"x\":1}"
@@ -657,9 +659,7 @@ mod tests {
             "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"t\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]},\"finish_reason\":\"tool_calls\"}]}\n\n",
             "data: [DONE]\n\n"
         );
-        let v: Value =
-            serde_json::from_str(&assemble(Endpoint::Chat, calls.as_bytes(), &usage()).unwrap())
-                .unwrap();
+        let v = assemble_chat(calls);
         assert_eq!(v["choices"][0]["message"]["content"], Value::Null, "{v}");
         assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["id"], "t");
     }

@@ -254,8 +254,7 @@ pub enum Lookup {
     Skip,
 }
 
-/// A cache header's value; one that is not visible ASCII is refused.
-/// A header's trimmed value; an empty one counts as absent.
+/// A cache header's trimmed value; an empty one counts as absent, one not visible ASCII is refused.
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
     match h.get(name).map(|v| v.to_str()) {
         None => Ok(None),
@@ -475,7 +474,7 @@ impl Cache {
                     continue;
                 }
                 ("no-cache", _) => Duration::ZERO,
-                // Too many digits for u64 is a very old entry allowed: no limit at all.
+                // Past u64 it is simply the longest age allowed.
                 ("max-age", v) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => {
                     Duration::from_secs(v.parse().unwrap_or(u64::MAX).min(MAX_TTL_SECS))
                 }
